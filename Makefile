@@ -1,0 +1,49 @@
+# ionflow — everything from nothing: `make run` (demo campaign), `make test` (full suite).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# the install stamp changes whenever the dependency pins change
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
+PIP_FLAGS := --disable-pip-version-check -q
+
+.PHONY: install run test test-fast bench wheel lint clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install $(PIP_FLAGS) --upgrade "pip==23.2.1" setuptools wheel
+
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	@echo ">> installing torch 2.13.0 (CPU) first, then ionflow with pinned dependencies"
+	$(PIP) install $(PIP_FLAGS) -c constraints.txt "torch==2.13.0"
+	$(PIP) install $(PIP_FLAGS) -c constraints.txt -e ".[dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+run: install
+	$(VENV)/bin/ionflow run workflows.yaml
+
+test: install wheel
+	$(VENV)/bin/pytest -q
+
+test-fast: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+# Build the wheel and check that the mapped packages (makers/, flows/) are inside it.
+wheel: install
+	@rm -rf build dist
+	$(PIP) wheel $(PIP_FLAGS) --no-deps --no-build-isolation -w dist .
+	$(PY) -c "import zipfile,glob,sys; n=zipfile.ZipFile(glob.glob('dist/ionflow-*.whl')[0]).namelist(); need=['ionflow/makers/__init__.py','ionflow/flows/__init__.py','ionflow/analysis/__init__.py','ionflow/cli/__init__.py']; miss=[p for p in need if p not in n]; sys.exit('wheel lacks '+str(miss) if miss else 0)"
+	@rm -rf build
+
+bench: install
+	$(PY) benchmarks/analysis_vs_pymatgen.py
+
+lint: install
+	$(VENV)/bin/ruff check src makers flows tests benchmarks
+
+clean:
+	rm -rf build dist .pytest_cache

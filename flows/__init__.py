@@ -1,0 +1,1 @@
+"""Campaign flows (imported as ``ionflow.flows``; never import this directory as ``flows``)."""

@@ -1,0 +1,1 @@
+"""Job makers (imported as ``ionflow.makers``; never import this directory as ``makers``)."""

@@ -1,0 +1,50 @@
+"""The ``ionflow`` command line.
+
+Each command group lives in its own module and registers itself on :data:`app`;
+heavy imports (pymatgen, jobflow, torch) happen inside the commands so that
+``ionflow --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ionflow.errors import UserInputError
+
+app = typer.Typer(
+    name="ionflow",
+    help="AIMD/MLMD diffusion campaigns for superionic conductors.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # imported for their side effect of adding commands to `app`
+    from ionflow.cli import analysis_cmds  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; user errors become one line on stderr and exit 2."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        raise SystemExit(code) from None
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            raise SystemExit(2) from None
+        raise
