@@ -1,0 +1,640 @@
+"""Tracer and charge diffusivity, conductivity and regime from a trajectory.
+
+The fit window rule (``fit="ionflow"``, the default)
+---------------------------------------------------
+Let ``T`` be the analysed duration (production only). The MSD is fitted on lags
+``[t_start, t_end]`` with ``t_end = T/2`` (beyond that fewer than half the frames
+serve as time origins) and ``t_start = max(T/10, min(1 ps, T/4))``: at least 1 ps
+(past the ballistic and vibrational "cage" regime of Li-type ions, ~0.1–1 ps)
+unless the run is too short for that, and never the first tenth of the lags. The
+window is reported (``fit_window_ps``) and can be overridden. The slope is an
+ordinary least-squares fit of MSD(t) = 6·D·t + c on up to 200 evenly spaced lags
+(the intercept absorbs the rattling amplitude).
+
+Honest uncertainty
+------------------
+MSD points at different lags are strongly correlated (they share time origins),
+so the OLS slope error that pymatgen reports is not an error bar. ionflow reports
+the larger of two independent estimates:
+
+* **ion resampling**: the same linear estimator applied to every ion's own MSD
+  curve gives one slope per ion; the ion average *is* the estimate, and the
+  standard error over ions (× a Student-t factor for few ions) captures time
+  correlation, rattling and hopping noise without a model;
+* **Brownian covariance model** (kinisi's idea): the exact covariance of an
+  all-origin MSD for Brownian motion with the fitted D, propagated through the
+  same estimator (:func:`ionflow.analysis.msd.brownian_slope_variance`).
+
+The charge (collective) diffusivity has a single time series, so only the model
+applies. He et al. (2018)'s empirical relative error 3.43/√N_eff + 0.04 is reported
+alongside (``diffusivity_rel_err_he2018``) with N_eff = N_ions·6·D·T/a², the
+number of hops of length ``a`` the run contains.
+
+Regime
+------
+``caged``: the MSD stops growing in the window (log–log slope α < 0.1) — ions
+rattle or move inside cages; ``insufficient``: fewer than ``min_hops`` hop
+equivalents (N_eff) or D not resolved from zero (D < 2σ); ``diffusive``
+otherwise. Only ``diffusive`` runs report D and σ.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from ionflow.analysis.msd import (
+    DisplacementAccumulator,
+    Displacements,
+    brownian_slope_variance,
+    compute_msd,
+)
+from ionflow.errors import InsufficientDataError, UserInputError
+
+A2_PER_PS_TO_CM2_PER_S = 1e-4
+ELEMENTARY_CHARGE_C = 1.602176634e-19
+BOLTZMANN_J_K = 1.380649e-23
+AVOGADRO = 6.02214076e23
+
+#: Default ionic charges of common mobile ions (|q| in e). Others: pass ``ion_charge``.
+ION_CHARGES = {
+    "H": 1, "Li": 1, "Na": 1, "K": 1, "Rb": 1, "Cs": 1, "Ag": 1, "Cu": 1, "Tl": 1,
+    "Mg": 2, "Ca": 2, "Zn": 2, "Sr": 2, "Ba": 2, "Al": 3, "Sc": 3, "Y": 3,
+    "F": 1, "Cl": 1, "Br": 1, "I": 1, "O": 2, "S": 2,
+}  # fmt: skip
+
+#: MSD log-log slope across the window below which the MSD counts as a plateau
+#: (with t_end/t_start = 5, the MSD grows by less than 17 %).
+CAGED_MAX_EXPONENT = 0.1
+
+Regime = Literal["diffusive", "caged", "insufficient"]
+FitMode = Literal["ionflow", "pymatgen"]
+
+
+class MSDCurve(BaseModel):
+    """A thinned copy of the MSD curves for plots and reports."""
+
+    time_ps: list[float] = Field(description="Lag times, ps")
+    msd_a2: list[float] = Field(description="Ion-averaged MSD of the mobile species, Å²")
+    msd_components_a2: list[list[float]] = Field(description="Per-axis MSD (x, y, z), Å²")
+    mscd_a2: list[float] = Field(description="MSD of the summed displacement divided by N, Å²")
+
+
+class DiffusionAnalysis(BaseModel):
+    """Diffusion analysis of one MD run (one material, temperature and variant).
+
+    Quantities the regime does not support are ``None``.
+    """
+
+    species: str = Field(description="Mobile species analysed")
+    temperature_k: float = Field(description="MD temperature, K")
+    source: str | None = Field(None, description="Trajectory file(s) analysed")
+    n_mobile: int = Field(description="Number of mobile ions")
+    n_frames: int = Field(description="Frames analysed")
+    frame_interval_fs: float = Field(description="Time between analysed frames, fs")
+    duration_ps: float = Field(description="Analysed duration, ps")
+    fit_mode: FitMode = Field(description="'ionflow' (documented window) or 'pymatgen' (compat)")
+    fit_window_ps: tuple[float, float] = Field(description="Lag window of the MSD fit, ps")
+    drift_reference: str = Field(description="Which atoms defined the drift that was removed")
+    regime: Regime = Field(description="diffusive | caged | insufficient")
+    regime_reason: str = Field(description="Why the regime was assigned")
+    msd_exponent: float | None = Field(
+        description="log-log slope of the MSD across the fit window (1 = diffusive)"
+    )
+    diffusivity_cm2_s: float | None = Field(description="Tracer diffusivity D*, cm²/s")
+    diffusivity_err_cm2_s: float | None = Field(description="1σ uncertainty of D*, cm²/s")
+    diffusivity_components_cm2_s: list[float] | None = Field(
+        description="Tracer D along x, y, z, cm²/s"
+    )
+    diffusivity_components_err_cm2_s: list[float] | None = Field(
+        description="1σ of the per-axis D, cm²/s"
+    )
+    charge_diffusivity_cm2_s: float | None = Field(
+        description="Charge (collective) diffusivity D_σ from the summed displacement, cm²/s"
+    )
+    charge_diffusivity_err_cm2_s: float | None = Field(description="1σ of D_σ, cm²/s")
+    haven_ratio: float | None = Field(description="H_R = D*/D_σ")
+    haven_ratio_err: float | None = Field(description="1σ of H_R")
+    conductivity_ms_cm: float | None = Field(description="Nernst–Einstein σ from D*, mS/cm")
+    conductivity_err_ms_cm: float | None = Field(description="1σ of σ, mS/cm")
+    charge_conductivity_ms_cm: float | None = Field(description="σ from D_σ, mS/cm")
+    charge_conductivity_err_ms_cm: float | None = Field(description="1σ of σ from D_σ, mS/cm")
+    n_eff_hops: float = Field(description="He et al. N_eff = N·MSD_max/a² (hop equivalents)")
+    diffusivity_rel_err_he2018: float | None = Field(
+        description="He et al. 2018 relative SD of D: 3.43/√N_eff + 0.04"
+    )
+    hop_length_a: float = Field(description="Hop length a used for N_eff, Å")
+    error_method: str = Field(description="How diffusivity_err_cm2_s was obtained")
+    diffusivity_ols_std_cm2_s: float | None = Field(
+        None, description="pymatgen-style OLS slope error (not an error bar; for comparison)"
+    )
+    ion_charge: float = Field(description="Charge of the mobile ion, e")
+    number_density_cm3: float = Field(description="Mobile-ion number density, cm⁻³")
+    mean_volume_a3: float = Field(description="Mean cell volume, Å³")
+    max_reference_rms_a: float = Field(
+        description="Largest RMS displacement of the drift-reference atoms, Å (melting check)"
+    )
+    msd: MSDCurve = Field(description="Thinned MSD curves for plots")
+    warnings: list[str] = Field(default_factory=list, description="Things to look at")
+
+
+def conductivity_factor_ms_cm(
+    n_ions: int, volume_a3: float, ion_charge: float, temperature_k: float
+) -> float:
+    """Nernst–Einstein factor: σ [mS/cm] = factor × D [cm²/s]."""
+    n_cm3 = n_ions / (volume_a3 * 1e-24)
+    s_per_cm = n_cm3 * (ion_charge * ELEMENTARY_CHARGE_C) ** 2 / (BOLTZMANN_J_K * temperature_k)
+    return s_per_cm * 1e3
+
+
+def default_ion_charge(species: str) -> float:
+    """|charge| of a mobile ion: table of common ions, else pymatgen's common oxidation state."""
+    if species in ION_CHARGES:
+        return float(ION_CHARGES[species])
+    try:
+        from pymatgen.core import Element
+
+        states = Element(species).common_oxidation_states
+    except Exception as exc:  # noqa: BLE001
+        raise UserInputError(f"unknown species {species!r}: not a chemical element") from exc
+    if not states:
+        raise UserInputError(f"no common oxidation state for {species}: pass the ion charge")
+    return float(abs(states[0]))
+
+
+def _ols_weights(t: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Linear functional w with slope = w · y for a (weighted) straight-line fit."""
+    t = np.asarray(t, dtype=np.float64)
+    wt = np.ones_like(t) if weights is None else np.asarray(weights, dtype=np.float64)
+    tbar = np.sum(wt * t) / np.sum(wt)
+    return wt * (t - tbar) / np.sum(wt * (t - tbar) ** 2)
+
+
+def _student_factor(n: int) -> float:
+    """Ratio of the 1σ-equivalent Student-t quantile to the normal one (few ions)."""
+    if n < 2:
+        return float("nan")
+    from scipy.stats import t as student_t
+
+    return float(student_t.ppf(0.841344746, n - 1))
+
+
+def default_window_ps(duration_ps: float) -> tuple[float, float]:
+    """The documented fit window rule (see module docstring)."""
+    t_end = 0.5 * duration_ps
+    t_start = max(0.1 * duration_ps, min(1.0, 0.25 * duration_ps))
+    return t_start, t_end
+
+
+def pymatgen_lags(n_frames: int, frame_interval_fs: float, n_mobile: int, min_obs: int = 30):
+    """pymatgen-analysis-diffusion's smoothed='max' lag choice (frames)."""
+    min_dt = int(1000 / frame_interval_fs)
+    max_dt = min(n_mobile * n_frames // min_obs, n_frames)
+    if min_dt >= max_dt:
+        raise InsufficientDataError(
+            f"pymatgen fit mode needs more than 1 ps of data with ≥{min_obs} observations: "
+            f"{n_frames} frames × {frame_interval_fs} fs is too short"
+        )
+    return np.arange(min_dt, max_dt, max(int((max_dt - min_dt) / 200), 1))
+
+
+def _thin_indices(n: int, max_points: int = 400) -> np.ndarray:
+    if n <= max_points:
+        return np.arange(n)
+    idx = np.unique(np.round(np.geomspace(1, n - 1, max_points)).astype(int))
+    return np.concatenate([[0], idx])
+
+
+def analyze_displacements(
+    disp: Displacements,
+    *,
+    species: str,
+    temperature_k: float,
+    fit: FitMode = "ionflow",
+    fit_window_ps: tuple[float, float] | None = None,
+    ion_charge: float | None = None,
+    hop_length_a: float = 3.0,
+    min_hops: float = 20.0,
+    min_obs: int = 30,
+    drift_reference: str = "framework",
+    source: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> DiffusionAnalysis:
+    """Diffusion analysis of drift-corrected displacements (see module docstring)."""
+    if temperature_k is None or not temperature_k > 0:
+        raise UserInputError(f"temperature must be > 0 K, got {temperature_k}")
+    n, n_ions = disp.n_frames, disp.n_mobile
+    dt_ps = disp.frame_interval_fs / 1000.0
+    if n < 4:
+        raise InsufficientDataError(f"{source or 'trajectory'}: {n} frame(s) — need at least 4")
+    if n_ions < 1:
+        raise UserInputError(f"{source or 'trajectory'}: no {species} atoms")
+    duration_ps = (n - 1) * dt_ps
+    notes: list[str] = []
+
+    fit_weights = None
+    if fit == "pymatgen":
+        lags = pymatgen_lags(n, disp.frame_interval_fs, n_ions, min_obs)
+        if fit_window_ps is not None:
+            notes.append("fit_window_ps ignored in pymatgen mode")
+        fit_weights = 1.0 / (lags * disp.frame_interval_fs)  # pymatgen: weight 1/dt (dt in fs)
+    else:
+        t0, t1 = fit_window_ps if fit_window_ps is not None else default_window_ps(duration_ps)
+        if not (0 <= t0 < t1):
+            raise UserInputError(f"fit window must satisfy 0 ≤ start < end, got ({t0}, {t1}) ps")
+        k0 = max(1, int(round(t0 / dt_ps)))
+        k1 = min(n - 1, int(round(t1 / dt_ps)))
+        if k1 - k0 < 2:
+            raise InsufficientDataError(
+                f"{source or 'trajectory'}: the fit window {t0:.3g}–{t1:.3g} ps holds fewer than "
+                f"3 lags at {disp.frame_interval_fs} fs per frame ({n} frames)"
+            )
+        lags = np.unique(np.linspace(k0, k1, min(200, k1 - k0 + 1)).round().astype(int))
+    t = lags * dt_ps
+    msd = compute_msd(disp.mobile, lags, progress=progress)
+    w = _ols_weights(t, fit_weights)
+
+    msd_tot = msd.msd_a2
+    slope = float(w @ msd_tot[lags])  # Å²/ps
+    slope_axes = msd.msd_axes_a2[lags].T @ w  # (3,)
+    slope_chg = float(w @ msd.collective_a2[lags])
+
+    # --- uncertainties -------------------------------------------------------------
+    per_ion_slopes = np.einsum("g,gia->ia", w, msd.per_ion_grid_a2)  # (ions, 3)
+    tfac = _student_factor(n_ions)
+    if n_ions >= 2:
+        se_ion = float(per_ion_slopes.sum(axis=1).std(ddof=1) / math.sqrt(n_ions)) * tfac
+        se_ion_axes = per_ion_slopes.std(axis=0, ddof=1) / math.sqrt(n_ions) * tfac
+    else:
+        se_ion, se_ion_axes = float("nan"), np.full(3, np.nan)
+    # Brownian model: coarse subset of lags with their own OLS weights
+    sub = lags[np.unique(np.linspace(0, len(lags) - 1, min(40, len(lags))).round().astype(int))]
+    w_sub = _ols_weights(sub * dt_ps, None if fit_weights is None else 1.0 / sub)
+    step_var_1d = 2.0 * max(slope, 0.0) / 6.0 * dt_ps  # 2·D·Δt per axis (Å²)
+    var_1d_unit = brownian_slope_variance(sub, w_sub, n, 1.0)  # scales as step_var²
+    se_model_ion = math.sqrt(3.0 * var_1d_unit) * step_var_1d / math.sqrt(n_ions)
+    # per axis: MSD_a slope s_a = 2·D_a, so the step variance is s_a·Δt
+    se_model_axes = np.sqrt(var_1d_unit) * np.maximum(slope_axes, 0.0) * dt_ps / math.sqrt(n_ions)
+    step_var_chg = 2.0 * max(slope_chg, 0.0) / 6.0 * dt_ps * n_ions  # collective walker
+    se_chg = math.sqrt(3.0 * var_1d_unit) * step_var_chg / n_ions
+
+    se_slope = np.nanmax([se_ion, se_model_ion])
+    error_method = (
+        "max(ion-resampling SE × Student-t, Brownian all-origin covariance model)"
+        if n_ions >= 2
+        else "Brownian all-origin covariance model (single ion)"
+    )
+    se_axes = np.fmax(se_ion_axes, se_model_axes)
+
+    # pymatgen-style OLS slope error, for comparison only
+    y = msd_tot[lags]
+    design = np.vstack([t, np.ones_like(t)]).T
+    if fit_weights is not None:
+        sw = np.sqrt(fit_weights)
+        coef, res, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
+    else:
+        coef, res, *_ = np.linalg.lstsq(design, y, rcond=None)
+    nl = len(t)
+    ols_std = None
+    if nl > 2 and res.size:
+        denom = (nl * np.sum(t**2) - np.sum(t) ** 2) * (nl - 2)  # t in ps, as pymatgen
+        ols_std = float(np.sqrt(nl * res[0] / denom)) / 6.0 * A2_PER_PS_TO_CM2_PER_S
+
+    # --- regime ----------------------------------------------------------------------
+    i0, i1 = lags[0], lags[-1]
+    span = max(1, (i1 - i0) // 20)
+    m_start = float(np.mean(msd_tot[i0 : i0 + span + 1]))
+    m_end = float(np.mean(msd_tot[max(i0, i1 - span) : i1 + 1]))
+    alpha = (
+        math.log(m_end / m_start) / math.log(t[-1] / t[0])
+        if m_start > 0 and m_end > 0 and t[-1] > t[0]
+        else None
+    )
+    d_cm2_s = slope / 6.0 * A2_PER_PS_TO_CM2_PER_S
+    d_err = se_slope / 6.0 * A2_PER_PS_TO_CM2_PER_S
+    n_eff = max(n_ions * max(slope, 0.0) * duration_ps / hop_length_a**2, 0.0)  # N·6D·T/a²
+    he_rel = 3.43 / math.sqrt(n_eff) + 0.04 if n_eff > 0 else None
+    if alpha is not None and alpha < CAGED_MAX_EXPONENT:
+        regime, reason = (
+            "caged",
+            (
+                f"MSD plateaus: log-log slope {alpha:.2f} < {CAGED_MAX_EXPONENT} across "
+                f"{t[0]:.3g}–{t[-1]:.3g} ps; ions rattle or move inside cages — D is not meaningful"
+            ),
+        )
+    elif n_eff < min_hops:
+        regime, reason = (
+            "insufficient",
+            (
+                f"only {n_eff:.1f} hop equivalents (N·6Dt/a², a={hop_length_a} Å) < {min_hops}: "
+                "run longer or hotter"
+            ),
+        )
+    elif not (d_cm2_s > 2.0 * d_err):
+        regime, reason = (
+            "insufficient",
+            (f"D = {d_cm2_s:.3g} ± {d_err:.2g} cm²/s is not resolved from zero (< 2σ)"),
+        )
+    else:
+        regime, reason = (
+            "diffusive",
+            (f"MSD linear (log-log slope {alpha:.2f}), {n_eff:.0f} hop equivalents"),
+        )
+        if alpha is not None and alpha < 0.75:
+            notes.append(f"MSD log-log slope {alpha:.2f} in the fit window: sub-diffusive onset?")
+    if disp.max_reference_rms_a > 1.5:
+        notes.append(
+            f"reference atoms moved {disp.max_reference_rms_a:.2f} Å RMS: framework melting or "
+            "a mobile drift reference?"
+        )
+
+    if ion_charge is None:
+        ion_charge = default_ion_charge(species)
+    volume = disp.first_volume_a3 if fit == "pymatgen" else disp.mean_volume_a3
+    conv = conductivity_factor_ms_cm(n_ions, volume, ion_charge, temperature_k)
+    n_cm3 = n_ions / (volume * 1e-24)
+
+    thin = _thin_indices(n)
+    curve = MSDCurve(
+        time_ps=(thin * dt_ps).tolist(),
+        msd_a2=msd_tot[thin].tolist(),
+        msd_components_a2=msd.msd_axes_a2[thin].tolist(),
+        mscd_a2=msd.collective_a2[thin].tolist(),
+    )
+    ok = regime == "diffusive"
+    if fit == "pymatgen" and not ok:
+        # compatibility mode reports what pymatgen would, whatever the regime
+        notes.append(f"pymatgen mode reports D although the regime is {regime}: {reason}")
+        ok = True
+    d_chg = slope_chg / 6.0 * A2_PER_PS_TO_CM2_PER_S
+    d_chg_err = se_chg / 6.0 * A2_PER_PS_TO_CM2_PER_S
+    haven = haven_err = None
+    if ok and d_chg > 0:
+        haven = d_cm2_s / d_chg
+        haven_err = haven * math.hypot(d_err / d_cm2_s, d_chg_err / d_chg)
+    comps = (slope_axes / 2.0 * A2_PER_PS_TO_CM2_PER_S).tolist()
+    comps_err = (se_axes / 2.0 * A2_PER_PS_TO_CM2_PER_S).tolist()
+    return DiffusionAnalysis(
+        species=species,
+        temperature_k=float(temperature_k),
+        source=source,
+        n_mobile=n_ions,
+        n_frames=n,
+        frame_interval_fs=disp.frame_interval_fs,
+        duration_ps=duration_ps,
+        fit_mode=fit,
+        fit_window_ps=(float(t[0]), float(t[-1])),
+        drift_reference=drift_reference,
+        regime=regime,
+        regime_reason=reason,
+        msd_exponent=alpha,
+        diffusivity_cm2_s=d_cm2_s if ok else None,
+        diffusivity_err_cm2_s=d_err if ok else None,
+        diffusivity_components_cm2_s=comps if ok else None,
+        diffusivity_components_err_cm2_s=comps_err if ok else None,
+        charge_diffusivity_cm2_s=d_chg if ok else None,
+        charge_diffusivity_err_cm2_s=d_chg_err if ok else None,
+        haven_ratio=haven,
+        haven_ratio_err=haven_err,
+        conductivity_ms_cm=d_cm2_s * conv if ok else None,
+        conductivity_err_ms_cm=d_err * conv if ok else None,
+        charge_conductivity_ms_cm=d_chg * conv if ok else None,
+        charge_conductivity_err_ms_cm=d_chg_err * conv if ok else None,
+        n_eff_hops=n_eff,
+        diffusivity_rel_err_he2018=he_rel,
+        hop_length_a=hop_length_a,
+        error_method=error_method,
+        diffusivity_ols_std_cm2_s=ols_std,
+        ion_charge=float(ion_charge),
+        number_density_cm3=n_cm3,
+        mean_volume_a3=volume,
+        max_reference_rms_a=disp.max_reference_rms_a,
+        msd=curve,
+        warnings=notes,
+    )
+
+
+DriftReference = str | Sequence[int]
+
+
+def _atomic_masses(species: Sequence[str]) -> np.ndarray:
+    from ase.data import atomic_masses, atomic_numbers
+
+    return np.array([atomic_masses[atomic_numbers[s]] for s in species])
+
+
+def select_atoms(
+    species_per_atom: Sequence[str],
+    mobile_species: str,
+    drift_reference: DriftReference,
+    fixed_atoms: np.ndarray | None = None,
+    *,
+    mass_weighted: bool = True,
+    source: str = "trajectory",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Mobile indices, drift-reference indices + weights, and a label for the reference.
+
+    ``drift_reference``: ``"framework"`` (every non-mobile atom; the default),
+    ``"fixed"`` (atoms the file marks as fixed — pinned runs), ``"auto"`` (fixed
+    atoms when the file has some, else the framework), ``"none"``, or explicit
+    atom indices.
+    """
+    species_arr = np.asarray(species_per_atom)
+    mobile = np.flatnonzero(species_arr == mobile_species)
+    if mobile.size == 0:
+        present = sorted(set(species_arr.tolist()))
+        raise UserInputError(
+            f"{source}: no {mobile_species} atoms (species present: {', '.join(present)})"
+        )
+    n = len(species_arr)
+    if isinstance(drift_reference, str):
+        mode = drift_reference.lower()
+        has_fixed = fixed_atoms is not None and bool(np.any(fixed_atoms))
+        if mode == "auto":
+            mode = "fixed" if has_fixed else "framework"
+        if mode == "framework":
+            ref = np.flatnonzero(species_arr != mobile_species)
+            label = "framework (all non-mobile atoms)"
+        elif mode == "fixed":
+            if not has_fixed:
+                raise UserInputError(f"{source}: drift reference 'fixed' but no atom is fixed")
+            ref = np.flatnonzero(fixed_atoms)
+            label = "fixed (pinned) atoms"
+        elif mode == "none":
+            ref = np.array([], dtype=int)
+            label = "none"
+        else:
+            raise UserInputError(
+                f"drift reference must be framework, fixed, auto, none or atom indices; "
+                f"got {drift_reference!r}"
+            )
+    else:
+        ref = np.asarray(list(drift_reference), dtype=int)
+        if ref.size and (ref.min() < 0 or ref.max() >= n):
+            raise UserInputError(f"{source}: drift reference indices outside 0…{n - 1}")
+        label = f"{ref.size} given atoms"
+    if ref.size == 0 and label != "none":
+        warnings.warn(f"{source}: no framework atoms; drift not removed", stacklevel=2)
+        label = "none (no framework atoms)"
+    weights = (
+        _atomic_masses(species_arr[ref]) if (mass_weighted and ref.size) else np.ones(ref.size)
+    )
+    return mobile, ref, weights, label
+
+
+def analyze_file(
+    path: str | Path | Sequence[str | Path],
+    *,
+    species: str = "Li",
+    temperature_k: float | None = None,
+    frame_interval_fs: float | None = None,
+    fit: FitMode = "ionflow",
+    drift_reference: DriftReference = "auto",
+    fit_window_ps: tuple[float, float] | None = None,
+    ion_charge: float | None = None,
+    hop_length_a: float = 3.0,
+    min_hops: float = 20.0,
+    skip_frames: int = 0,
+    chunk_frames: int = 4096,
+    structure: str | Path | None = None,
+    format: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> DiffusionAnalysis:
+    """Read a trajectory from disk (streaming) and analyse it.
+
+    Parameters
+    ----------
+    path
+        A trajectory file, or a list of consecutive segment files.
+    species
+        Mobile species.
+    temperature_k, frame_interval_fs
+        Override what the file says (required when the file does not say).
+    fit
+        ``"ionflow"`` (documented window, honest errors) or ``"pymatgen"``
+        (pymatgen-analysis-diffusion's lag choice, 1/t weights, plain-average drift
+        from every non-mobile atom, first-frame volume) to compare with published
+        numbers.
+    skip_frames
+        Leading frames to drop (equilibration) before the analysis.
+    progress
+        Optional ``callback(stage, done, total)``; stages "read" and "msd".
+    """
+    from ionflow.analysis.readers import open_trajectory
+
+    kwargs = {"format": format}
+    if structure is not None:
+        kwargs["structure"] = structure
+    src = open_trajectory(path, **kwargs)
+    info = src.info
+    label = info.path
+    if temperature_k is None:
+        temperature_k = info.temperature_k
+    if temperature_k is None:
+        raise UserInputError(f"{label}: the file does not give the temperature; pass it")
+    if not temperature_k > 0:
+        raise UserInputError(f"temperature must be > 0 K, got {temperature_k}")
+    if frame_interval_fs is None:
+        frame_interval_fs = info.frame_interval_fs
+    if frame_interval_fs is None:
+        raise UserInputError(f"{label}: the file does not give the time step; pass it")
+    if not frame_interval_fs > 0:
+        raise UserInputError(f"time step must be > 0 fs, got {frame_interval_fs}")
+    if info.n_frames - skip_frames < 2:
+        raise InsufficientDataError(
+            f"{label}: {info.n_frames} frame(s) (after skipping {skip_frames}) — a diffusion "
+            "analysis needs a trajectory, not a single structure"
+        )
+    if fit == "pymatgen":
+        drift_reference = "framework"
+    mobile, ref, weights, ref_label = select_atoms(
+        info.species,
+        species,
+        drift_reference,
+        info.fixed_atoms,
+        mass_weighted=(fit != "pymatgen"),
+        source=label,
+    )
+    acc = DisplacementAccumulator(
+        len(info.species), mobile, ref, weights, n_frames_hint=info.n_frames - skip_frames
+    )
+    total = info.n_frames
+    done = 0
+    to_skip = skip_frames
+    for positions, lattices in src.iter_chunks(chunk_frames=chunk_frames):
+        k = positions.shape[0]
+        done += k
+        if to_skip:
+            drop = min(to_skip, k)
+            positions, lattices = positions[drop:], lattices[drop:]
+            to_skip -= drop
+        if positions.shape[0]:
+            acc.add_chunk(positions, lattices)
+        if progress is not None:
+            progress("read", done, total)
+    disp = acc.result(frame_interval_fs)
+    meta_min_obs = int(info.metadata.get("min_obs", 30)) if info.metadata else 30
+    done_ions = [0]
+
+    def _msd_progress(k: int) -> None:
+        done_ions[0] += k
+        if progress is not None:
+            progress("msd", done_ions[0], disp.n_mobile)
+
+    return analyze_displacements(
+        disp,
+        species=species,
+        temperature_k=float(temperature_k),
+        fit=fit,
+        fit_window_ps=fit_window_ps,
+        ion_charge=ion_charge,
+        hop_length_a=hop_length_a,
+        min_hops=min_hops,
+        min_obs=meta_min_obs,
+        drift_reference=ref_label,
+        source=label,
+        progress=_msd_progress,
+    )
+
+
+def analyze_arrays(
+    positions: np.ndarray,
+    lattice: np.ndarray,
+    species_per_atom: Sequence[str],
+    *,
+    species: str = "Li",
+    temperature_k: float,
+    frame_interval_fs: float,
+    fixed_atoms: np.ndarray | None = None,
+    drift_reference: DriftReference = "auto",
+    fit: FitMode = "ionflow",
+    **kwargs,
+) -> DiffusionAnalysis:
+    """Analyse in-memory positions (frames × atoms × 3, Å) with a 3×3 or per-frame lattice."""
+    positions = np.asarray(positions)
+    if positions.ndim != 3 or positions.shape[2] != 3:
+        raise UserInputError(f"positions must be (frames, atoms, 3), got {positions.shape}")
+    if fit == "pymatgen":
+        drift_reference = "framework"
+    mobile, ref, weights, label = select_atoms(
+        species_per_atom, species, drift_reference, fixed_atoms, mass_weighted=(fit != "pymatgen")
+    )
+    acc = DisplacementAccumulator(positions.shape[1], mobile, ref, weights, positions.shape[0])
+    lat = np.asarray(lattice, dtype=np.float64)
+    step = 4096
+    for s in range(0, positions.shape[0], step):
+        acc.add_chunk(positions[s : s + step], lat if lat.ndim == 2 else lat[s : s + step])
+    return analyze_displacements(
+        acc.result(frame_interval_fs),
+        species=species,
+        temperature_k=temperature_k,
+        fit=fit,
+        drift_reference=label,
+        **kwargs,
+    )
