@@ -1,0 +1,149 @@
+"""The campaign flow of one material:
+
+relax → supercell → {MD(T), pinned MD(T)} for every T → analysis per run → summary
+(Arrhenius per variant, free/pinned comparison).
+
+The graph is decided up front from the validated spec (temperatures, whether the material
+has a pinned control); every MD/analysis job of a material runs in parallel once the
+supercell exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from ionflow.makers.analysis import AnalysisMaker, ArrheniusMaker, SummaryMaker
+from ionflow.makers.md import MLMDMaker
+from ionflow.makers.relax import RelaxMaker
+from ionflow.makers.supercell import SupercellMaker
+from jobflow import Flow, Maker
+
+
+def run_fingerprint(structure, engine: dict, md: dict, variant: str, temperature_k: float) -> str:
+    """Stable hash of what determines one MD run (for idempotent submission)."""
+    payload = {
+        "structure": [
+            [s.species_string, *(round(float(x), 5) for x in s.frac_coords)] for s in structure
+        ],
+        "lattice": [[round(float(x), 5) for x in row] for row in structure.lattice.matrix],
+        "engine": engine,
+        "md": md,
+        "variant": variant,
+        "temperature_k": float(temperature_k),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class MaterialCampaignMaker(Maker):
+    """Build the flow of one material from composed makers.
+
+    Parameters
+    ----------
+    name
+        Flow name (the material name is appended).
+    campaign
+        Campaign name.
+    relax_maker
+        Relaxation maker, or None to skip the relaxation.
+    supercell_maker
+        Supercell + pinning decision.
+    md_maker
+        MD maker; temperature, variant and labels are set per run.
+    analysis_maker
+        Analysis maker.
+    temperatures_k
+        Temperatures of the series.
+    pinned_control
+        Whether to run the pinned variant (decided at submit time from the structure).
+    """
+
+    name: str = "ionflow campaign"
+    campaign: str = "campaign"
+    relax_maker: RelaxMaker | None = field(default_factory=RelaxMaker)
+    supercell_maker: SupercellMaker = field(default_factory=SupercellMaker)
+    md_maker: MLMDMaker = field(default_factory=MLMDMaker)
+    analysis_maker: AnalysisMaker = field(default_factory=AnalysisMaker)
+    temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0)
+    pinned_control: bool = True
+    engine_relax: str = "chgnet"
+
+    def make(self, structure, material: str, metadata: dict | None = None) -> Flow:
+        """The flow of ``material`` starting from ``structure``."""
+        from dataclasses import replace
+
+        jobs = []
+        if self.relax_maker is not None:
+            relax = self.relax_maker.make(structure)
+            relax.append_name(f" {material}")
+            jobs.append(relax)
+            start = relax.output.structure
+        else:
+            start = structure
+        sc = self.supercell_maker.make(start)
+        sc.append_name(f" {material}")
+        jobs.append(sc)
+        variants = ["free", "pinned"] if self.pinned_control else ["free"]
+        analyses: dict[str, list] = {v: [] for v in variants}
+        for t in self.temperatures_k:
+            for v in variants:
+                mdm = replace(
+                    self.md_maker,
+                    name=f"md {material} {v} {t:g}K",
+                    temperature_k=float(t),
+                    variant=v,
+                    campaign=self.campaign,
+                    material=material,
+                )
+                md = mdm.make(
+                    sc.output.structure, sc.output.pinned_indices if v == "pinned" else None
+                )
+                an = replace(self.analysis_maker, name=f"analysis {material} {v} {t:g}K").make(
+                    md.output
+                )
+                for j in (md, an):
+                    j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": float(t)})
+                jobs += [md, an]
+                analyses[v].append(an.output)
+        fits = {}
+        for v in variants:
+            fit = ArrheniusMaker(name=f"arrhenius {material} {v}", variant=v).make(analyses[v])
+            jobs.append(fit)
+            fits[v] = fit.output
+        summary = SummaryMaker(
+            name=f"summary {material}",
+            campaign=self.campaign,
+            material=material,
+            mobile_species=self.analysis_maker.mobile_species,
+            engine_md=self.md_maker.engine,
+            engine_relax=self.engine_relax,
+        ).make(
+            start,
+            sc.output,
+            fits["free"],
+            fits.get("pinned"),
+            {
+                "md_settings": {
+                    k: getattr(self.md_maker, k)
+                    for k in (
+                        "engine",
+                        "time_step_fs",
+                        "equilibration_ps",
+                        "production_ps",
+                        "frame_interval_steps",
+                        "thermostat",
+                        "seed",
+                    )
+                },
+                "analysis": {
+                    "fit": self.analysis_maker.fit,
+                    "drift_reference": self.analysis_maker.drift_reference,
+                },
+            },
+        )
+        jobs.append(summary)
+        for j in jobs:
+            j.update_metadata({"ionflow_material": material, **(metadata or {})})
+        return Flow(jobs, output=summary.output, name=f"{self.campaign}: {material}")

@@ -1,0 +1,131 @@
+"""Analysis and summary jobs: thin wrappers around :mod:`ionflow.analysis` and
+:mod:`ionflow.summary`."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobflow import Maker, job
+from jobflow.core.job import JobConfig
+
+#: collection (in the JobStore database) holding one summary per (campaign, material)
+SUMMARY_COLLECTION = "summaries"
+
+
+@dataclass
+class AnalysisMaker(Maker):
+    """Diffusion analysis of one MD run (production frames only).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    mobile_species
+        Species analysed.
+    fit
+        "ionflow" or "pymatgen".
+    drift_reference
+        "auto" uses the pinned atoms for pinned runs and the framework otherwise.
+    """
+
+    name: str = "analysis"
+    mobile_species: str = "Li"
+    fit: str = "ionflow"
+    drift_reference: str = "auto"
+
+    @job(config=JobConfig(expose_store=True))
+    def make(self, md_output: dict):
+        """Output: the :class:`~ionflow.analysis.DiffusionAnalysis` document plus labels."""
+        from jobflow import CURRENT_JOB
+
+        from ionflow.analysis import analyze_file
+        from ionflow.trajectories import fetch_npz
+
+        store = getattr(CURRENT_JOB, "store", None)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = fetch_npz(md_output["trajectory"], Path(tmp) / "production.npz", store)
+            ref = self.drift_reference
+            if ref == "all":
+                ref = "framework"
+            res = analyze_file(
+                str(path), species=self.mobile_species, fit=self.fit, drift_reference=ref
+            )
+        res.source = (
+            f"{md_output['material']}/{md_output['variant']}_{md_output['temperature_k']:g}K"
+        )
+        return {
+            "material": md_output["material"],
+            "variant": md_output["variant"],
+            "temperature_k": md_output["temperature_k"],
+            "analysis_uuid": CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
+            "analysis": res.model_dump(mode="json"),
+        }
+
+
+@dataclass
+class ArrheniusMaker(Maker):
+    """Arrhenius fit of one variant's runs (or the reason there is none)."""
+
+    name: str = "arrhenius"
+    variant: str = "free"
+    at_temperature_k: float = 300.0
+
+    @job
+    def make(self, analyses: list[dict]):
+        """Output: a :class:`~ionflow.summary.VariantSummary` document."""
+        from ionflow.analysis import DiffusionAnalysis
+        from ionflow.summary import variant_summary
+
+        parsed = [DiffusionAnalysis.model_validate(d["analysis"]) for d in analyses]
+        ids = [{"analysis_uuid": d.get("analysis_uuid")} for d in analyses]
+        return variant_summary(self.variant, parsed, ids, self.at_temperature_k).model_dump(
+            mode="json"
+        )
+
+
+@dataclass
+class SummaryMaker(Maker):
+    """Arrhenius fits per variant + free/pinned comparison → one summary document.
+
+    The summary is the job output and is also upserted into the ``summaries`` collection of
+    the JobStore database (keyed by campaign + material) for ``ionflow query``.
+    """
+
+    name: str = "summary"
+    campaign: str = "campaign"
+    material: str = "material"
+    mobile_species: str = "Li"
+    engine_md: str = "chgnet"
+    engine_relax: str = "chgnet"
+
+    @job(config=JobConfig(expose_store=True))
+    def make(self, structure, supercell: dict, free: dict, pinned: dict | None, provenance: dict):
+        """Output: the :class:`~ionflow.summary.MaterialSummary` document."""
+        from jobflow import CURRENT_JOB
+
+        from ionflow.summary import VariantSummary, build_summary
+        from ionflow.trajectories import _database
+
+        summary = build_summary(
+            campaign=self.campaign,
+            material=self.material,
+            structure=structure,
+            mobile_species=self.mobile_species,
+            engine_md=self.engine_md,
+            engine_relax=self.engine_relax,
+            supercell=supercell,
+            free=VariantSummary.model_validate(free),
+            pinned=VariantSummary.model_validate(pinned) if pinned else None,
+            provenance=provenance,
+        )
+        doc = summary.model_dump(mode="json")
+        store = getattr(CURRENT_JOB, "store", None)
+        db = _database(store) if store is not None else None
+        if db is not None:
+            coll = db[SUMMARY_COLLECTION]
+            coll.replace_one(
+                {"campaign": self.campaign, "material": self.material}, doc, upsert=True
+            )
+        return doc

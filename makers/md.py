@@ -1,0 +1,177 @@
+"""MD at one temperature with an ML potential (free or pinned), restartable.
+
+The MD itself is :func:`ionflow.md.run_md` (frames streamed to disk, checkpoints of
+positions, momenta and thermostat state). This job gives it a *stable* working directory —
+``<run_root>/<campaign>/<material>/<variant>_<T>K_<settings hash>`` — so that a job that
+dies (walltime, node failure, Ctrl-C) and is rerun by FireWorks resumes from its last
+checkpoint instead of from zero. At the end the production frames go to GridFS as a float32
+``.npz`` (:mod:`ionflow.trajectories`); the job output holds only a reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from jobflow import Maker, job
+from jobflow.core.job import JobConfig
+
+#: environment variable that overrides where MD working directories live
+RUN_ROOT_ENV = "IONFLOW_RUN_ROOT"
+
+
+def run_directory(run_root: str | None, campaign: str, material: str, tag: str, key: dict) -> Path:
+    """Stable MD working directory for (campaign, material, run tag, settings)."""
+    root = Path(os.environ.get(RUN_ROOT_ENV) or run_root or "ionflow-data/runs").expanduser()
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return (root / campaign / material / f"{tag}_{digest}").resolve()
+
+
+@dataclass
+class MLMDMaker(Maker):
+    """NVT MD at one temperature with an ML potential; pinned when ``fixed_indices`` given.
+
+    Parameters
+    ----------
+    name
+        Job name.
+    engine
+        Potential (chgnet, mace, m3gnet, sevennet, toy).
+    temperature_k
+        Target temperature, K (counted over free degrees of freedom).
+    time_step_fs
+        Integration step, fs.
+    equilibration_ps, production_ps
+        Lengths, ps; equilibration frames are stored apart and never analysed.
+    frame_interval_steps
+        Steps between saved frames.
+    checkpoint_interval_steps
+        Steps between checkpoints (a multiple of ``frame_interval_steps``).
+    thermostat
+        nose-hoover | langevin | berendsen.
+    seed
+        Seed of the Maxwell–Boltzmann start.
+    variant
+        "free" or "pinned" (labels only; pinning comes from ``fixed_indices``).
+    campaign, material
+        Labels for the working directory and the stored trajectory.
+    run_root
+        Root of the MD working directories (``IONFLOW_RUN_ROOT`` overrides).
+    """
+
+    name: str = "md"
+    engine: str = "chgnet"
+    temperature_k: float = 600.0
+    time_step_fs: float = 2.0
+    equilibration_ps: float = 1.0
+    production_ps: float = 5.0
+    frame_interval_steps: int = 10
+    checkpoint_interval_steps: int = 100
+    thermostat: str = "nose-hoover"
+    seed: int = 0
+    variant: str = "free"
+    campaign: str = "campaign"
+    material: str = "material"
+    run_root: str | None = None
+    calculator_kwargs: dict = field(default_factory=dict)
+
+    @property
+    def tag(self) -> str:
+        """Stable run label, e.g. ``pinned_800K``."""
+        return f"{self.variant}_{self.temperature_k:g}K"
+
+    @job(config=JobConfig(expose_store=True))
+    def make(self, structure, fixed_indices: list[int] | None = None):
+        """Run (or resume) the MD; output: trajectory reference and run statistics."""
+        from ionflow.md import MDSettings, run_md
+        from jobflow import CURRENT_JOB
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        from ionflow.potentials import get_calculator
+        from ionflow.structure import with_selective_dynamics
+        from ionflow.trajectories import put_npz, traj_to_npz
+
+        fixed = sorted(int(i) for i in (fixed_indices or []))
+        if fixed:
+            structure = with_selective_dynamics(structure, fixed)
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        steps = lambda ps: int(round(ps * 1000.0 / self.time_step_fs))  # noqa: E731
+        ckpt = max(self.frame_interval_steps, self.checkpoint_interval_steps)
+        ckpt -= ckpt % self.frame_interval_steps
+        settings = MDSettings(
+            temperature_k=self.temperature_k,
+            time_step_fs=self.time_step_fs,
+            equilibration_steps=steps(self.equilibration_ps),
+            production_steps=steps(self.production_ps),
+            frame_interval_steps=self.frame_interval_steps,
+            checkpoint_interval_steps=ckpt,
+            thermostat=self.thermostat,
+            seed=self.seed,
+        )
+        key = {
+            "settings": settings.model_dump(mode="json"),
+            "engine": self.engine,
+            "fixed": fixed,
+            "structure": [
+                [s.species_string, *map(lambda x: round(x, 4), s.frac_coords)] for s in structure
+            ],
+        }
+        workdir = run_directory(self.run_root, self.campaign, self.material, self.tag, key)
+        workdir.mkdir(parents=True, exist_ok=True)
+        progress_file = workdir / "progress.json"
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] > 1.0 or done == total:
+                last[0] = now
+                tmp = progress_file.with_suffix(".tmp")
+                tmp.write_text(
+                    json.dumps(
+                        {
+                            "tag": self.tag,
+                            "material": self.material,
+                            "step": done,
+                            "total": total,
+                            "time": time.time(),
+                        }
+                    )
+                )
+                tmp.replace(progress_file)
+
+        calc = get_calculator(self.engine, **self.calculator_kwargs)
+        result = run_md(atoms, calc, settings, workdir, progress=progress)
+        frame_fs = self.time_step_fs * self.frame_interval_steps
+        npz = traj_to_npz(
+            Path(result.production_trajectory),
+            workdir / "production.npz",
+            frame_fs,
+            self.temperature_k,
+        )
+        store = getattr(CURRENT_JOB, "store", None)
+        ref = put_npz(
+            store,
+            npz,
+            {
+                "campaign": self.campaign,
+                "material": self.material,
+                "variant": self.variant,
+                "temperature_k": self.temperature_k,
+                "job_uuid": CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
+            },
+        )
+        return {
+            "campaign": self.campaign,
+            "material": self.material,
+            "variant": self.variant,
+            "temperature_k": self.temperature_k,
+            "engine": self.engine,
+            "workdir": str(workdir),
+            "trajectory": ref.model_dump(mode="json"),
+            "fixed_indices": fixed,
+            "md": result.model_dump(mode="json"),
+        }

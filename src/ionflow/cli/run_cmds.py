@@ -1,0 +1,180 @@
+"""``ionflow run`` and ``ionflow status``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ionflow.cli import app
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="Project data directory (embedded database, MD runs)")
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="IONFLOW_DB_URI", help="MongoDB URI (default: the embedded server)", show_envvar=True
+    ),
+]
+LaunchpadOpt = Annotated[Path | None, typer.Option(help="FireWorks my_launchpad.yaml")]
+
+
+def _fmt_pm(x, e, spec=".3g"):
+    if x is None:
+        return "—"
+    return f"{x:{spec}}" + (f" ± {e:.2g}" if e is not None else "")
+
+
+def summary_table(summaries: list[dict]):
+    """Rich table: per material, free and pinned D/σ per T, Ea, σ(300 K)."""
+    from rich.table import Table
+
+    tab = Table(title="ionflow campaign summary", show_lines=True)
+    for col in (
+        "material",
+        "variant",
+        "T (K)",
+        "regime",
+        "D (cm²/s)",
+        "σ (mS/cm)",
+        "Haven",
+        "Ea (eV)",
+        "σ(300 K) mS/cm [68 %]",
+    ):
+        tab.add_column(col)
+    for s in summaries:
+        for key in ("free", "pinned"):
+            v = s.get(key)
+            if v is None:
+                if key == "pinned":
+                    tab.add_row(
+                        s["material"],
+                        "pinned",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        "",
+                        f"no pinned run: {s['pinned_reason']}",
+                    )
+                continue
+            iv = v.get("sigma_300k_interval_ms_cm")
+            ea = _fmt_pm(v.get("ea_ev"), v.get("ea_err_ev"), ".3f")
+            s300 = (
+                f"{v['sigma_300k_ms_cm']:.3g} [{iv[0]:.2g}, {iv[1]:.2g}]"
+                if v.get("sigma_300k_ms_cm") is not None and iv
+                else (v.get("arrhenius_note") or "—")
+            )
+            for i, r in enumerate(v["runs"]):
+                tab.add_row(
+                    s["material"] if i == 0 else "",
+                    key if i == 0 else "",
+                    f"{r['temperature_k']:g}",
+                    r["regime"],
+                    _fmt_pm(r.get("diffusivity_cm2_s"), r.get("diffusivity_err_cm2_s")),
+                    _fmt_pm(r.get("conductivity_ms_cm"), r.get("conductivity_err_ms_cm")),
+                    _fmt_pm(r.get("haven_ratio"), r.get("haven_ratio_err"), ".2f"),
+                    ea if i == 0 else "",
+                    s300 if i == 0 else "",
+                )
+        if s.get("pinned") is not None:
+            tab.add_row(s["material"], "verdict", "", "", "", "", "", "", s["pinned_verdict"])
+    return tab
+
+
+def load_summaries(db, campaign: str) -> list[dict]:
+    from ionflow.makers.analysis import SUMMARY_COLLECTION
+
+    with db.client() as client:
+        docs = list(
+            client[db.database][SUMMARY_COLLECTION].find({"campaign": campaign}, {"_id": 0})
+        )
+    return sorted(docs, key=lambda d: d["material"])
+
+
+@app.command("run")
+def run_cmd(
+    spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress")] = False,
+) -> None:
+    """Submit the campaign (idempotently) and run it here to completion; Ctrl-C is resumable."""
+    from rich.console import Console
+
+    from ionflow.dispatch import run_campaign
+
+    con = Console()
+    try:
+        result = run_campaign(
+            spec_file,
+            data_dir=data_dir,
+            uri=uri,
+            launchpad=launchpad,
+            progress=not quiet,
+            echo=con.print,
+        )
+    except KeyboardInterrupt:
+        con.print(
+            "[yellow]interrupted[/]: run the same command again to resume from the "
+            "last MD checkpoints"
+        )
+        raise typer.Exit(130) from None
+    from ionflow.spec import load_campaign
+
+    spec, _ = load_campaign(spec_file)
+    states = result.get("states", {})
+    bad = {m: c for m, c in states.items() if c.get("FIZZLED")}
+    summaries = load_summaries(result["database"], spec.campaign)
+    if summaries:
+        con.print(summary_table(summaries))
+    for m, c in bad.items():
+        con.print(f"[red]{m}: {c['FIZZLED']} job(s) failed[/] — see `ionflow status {spec_file}`")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("status")
+def status_cmd(
+    spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Each material's jobs and their states."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ionflow.dispatch import database_settings
+    from ionflow.spec import load_campaign
+    from ionflow.store import resolve_database
+
+    spec, _ = load_campaign(spec_file)
+    data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
+    db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
+    lp = db.launchpad()
+    tab = Table(title=f"campaign {spec.campaign}")
+    for col in ("material", "job", "state", "fw_id"):
+        tab.add_column(col)
+    n = 0
+    for fw in lp.fireworks.find(
+        {"spec.ionflow_campaign": spec.campaign},
+        {"fw_id": 1, "name": 1, "state": 1, "spec.ionflow_material": 1},
+    ).sort([("spec.ionflow_material", 1), ("fw_id", 1)]):
+        style = {"COMPLETED": "green", "FIZZLED": "red", "RUNNING": "yellow"}.get(fw["state"], "")
+        tab.add_row(
+            fw["spec"].get("ionflow_material", "?"),
+            fw["name"],
+            f"[{style}]{fw['state']}[/]" if style else fw["state"],
+            str(fw["fw_id"]),
+        )
+        n += 1
+    con = Console()
+    if n == 0:
+        con.print(f"campaign {spec.campaign}: nothing submitted yet ({db.description})")
+        return
+    con.print(tab)

@@ -1,0 +1,156 @@
+"""Trajectories in the database: float32 ``.npz`` files in a GridFS bucket.
+
+MD trajectories are far larger than a 16 MB MongoDB document and far too large to
+go through JSON. The MD job packs its production (and equilibration) frames into a
+compressed ``.npz`` (positions float32, frames × atoms × 3 Å; lattice; species;
+fixed_atoms; frame_interval_fs; temperature_k) — the format
+:func:`ionflow.analysis.readers.open_trajectory` streams — and puts the file into the
+GridFS bucket ``trajectories`` of the JobStore's database. The job output holds only a
+:class:`TrajectoryRef` (file id, size, checksum, frame count, and the local path as a
+fallback when the database holds no copy, e.g. under mongomock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+BUCKET = "trajectories"
+
+
+class TrajectoryRef(BaseModel):
+    """Where a stored trajectory lives."""
+
+    gridfs_id: str | None = Field(None, description="GridFS file id in the 'trajectories' bucket")
+    database: str | None = Field(None, description="Database holding the bucket")
+    filename: str = Field(description="Name of the stored .npz")
+    local_path: str | None = Field(None, description="Path of the .npz on the machine that ran MD")
+    sha256: str = Field(description="Checksum of the .npz bytes")
+    size_bytes: int = Field(description="Size of the .npz, bytes")
+    n_frames: int = Field(description="Frames in the file")
+    n_atoms: int = Field(description="Atoms per frame")
+    frame_interval_fs: float = Field(description="Time between frames, fs")
+    temperature_k: float = Field(description="Target temperature, K")
+
+
+def write_npz(
+    path: Path,
+    positions: np.ndarray,
+    lattice: np.ndarray,
+    species: list[str],
+    frame_interval_fs: float,
+    temperature_k: float,
+    fixed_atoms: np.ndarray | None = None,
+) -> Path:
+    """Write the trajectory ``.npz`` (float32 positions, compressed)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        positions=np.asarray(positions, dtype=np.float32),
+        lattice=np.asarray(lattice, dtype=np.float64),
+        species=np.asarray(species),
+        time_step_fs=np.float64(frame_interval_fs),
+        temperature_k=np.float64(temperature_k),
+        fixed_atoms=np.zeros(len(species), bool)
+        if fixed_atoms is None
+        else np.asarray(fixed_atoms),
+    )
+    tmp.replace(path)
+    return path
+
+
+def traj_to_npz(traj_path: Path, npz_path: Path, frame_interval_fs: float, temperature_k: float):
+    """Convert an ASE ``.traj`` written by :mod:`ionflow.md` into the stored ``.npz``."""
+    from ionflow.analysis.readers import open_trajectory
+
+    src = open_trajectory(str(traj_path))
+    info = src.info
+    pos = np.empty((info.n_frames, len(info.species), 3), np.float32)
+    lat = np.empty((info.n_frames, 3, 3))
+    i = 0
+    for p, latt in src.iter_chunks(chunk_frames=2048):
+        k = p.shape[0]
+        pos[i : i + k], lat[i : i + k] = p, latt
+        i += k
+    lattice = lat[0] if info.constant_lattice else lat
+    return write_npz(
+        npz_path,
+        pos[:i],
+        lattice,
+        list(info.species),
+        frame_interval_fs,
+        temperature_k,
+        info.fixed_atoms,
+    )
+
+
+def _database(store):
+    """pymongo Database behind a connected JobStore (None for non-Mongo stores)."""
+    docs = getattr(store, "docs_store", store)
+    coll = getattr(docs, "_collection", None)
+    if coll is None:
+        docs.connect()
+        coll = getattr(docs, "_collection", None)
+    db = getattr(coll, "database", None)
+    if db is None or type(db).__module__.startswith("mongomock"):
+        return None
+    return db
+
+
+def put_npz(store, npz_path: Path, metadata: dict) -> TrajectoryRef:
+    """Upload ``npz_path`` to GridFS (when the store is a real MongoDB) and describe it."""
+    data = Path(npz_path).read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf, zf.open("positions.npy") as fh:
+        version = np.lib.format.read_magic(fh)
+        shape, _, _ = np.lib.format._read_array_header(fh, version)
+    with np.load(io.BytesIO(data)) as z:
+        dt, temp = float(z["time_step_fs"]), float(z["temperature_k"])
+    ref = TrajectoryRef(
+        filename=Path(npz_path).name,
+        local_path=str(Path(npz_path).resolve()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        n_frames=int(shape[0]),
+        n_atoms=int(shape[1]),
+        frame_interval_fs=dt,
+        temperature_k=temp,
+    )
+    db = _database(store) if store is not None else None
+    if db is not None:
+        import gridfs
+
+        bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
+        fid = bucket.upload_from_stream(
+            ref.filename, io.BytesIO(data), metadata={**metadata, "sha256": ref.sha256}
+        )
+        ref.gridfs_id, ref.database = str(fid), db.name
+    return ref
+
+
+def fetch_npz(ref: TrajectoryRef | dict, dest: Path, store=None) -> Path:
+    """Materialise a stored trajectory as a local file (GridFS first, then the local path)."""
+    ref = TrajectoryRef.model_validate(ref)
+    dest = Path(dest)
+    if ref.gridfs_id is not None and store is not None:
+        db = _database(store)
+        if db is not None:
+            import gridfs
+            from bson import ObjectId
+
+            bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
+            with open(dest, "wb") as fh:
+                bucket.download_to_stream(ObjectId(ref.gridfs_id), fh)
+            if hashlib.sha256(dest.read_bytes()).hexdigest() != ref.sha256:
+                raise RuntimeError(f"trajectory {ref.filename}: checksum mismatch after download")
+            return dest
+    if ref.local_path and Path(ref.local_path).exists():
+        return Path(ref.local_path)
+    raise FileNotFoundError(
+        f"trajectory {ref.filename}: not in the database and {ref.local_path} does not exist"
+    )
