@@ -24,6 +24,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # imported for their side effect of adding commands to `app`
+    import ionflow.cli.campaign_cmds  # noqa: F401
     from ionflow.cli import analysis_cmds  # noqa: F401
 
 

@@ -1,0 +1,1216 @@
+"""The campaign file (``workflows.yaml``): schema, loading and validation.
+
+One YAML file describes a whole diffusion campaign: which materials, which engine, which
+MD settings (with per-material overrides) and where the jobs run. :func:`load_campaign`
+reads it, validates every key, loads every structure and runs the physical checks, and
+reports *every* problem it finds in one :class:`CampaignSpecError` (a
+:class:`~ionflow.errors.UserInputError`), one problem per line, each naming the file,
+the material (when relevant) and the key path::
+
+    workflows.yaml: materials[1] (Li3N): md.temperatures_k: temperatures must be unique, got [500, 500]
+    workflows.yaml: md.time_step_fs: must be > 0 and ≤ 5 fs, got 7.0
+
+Example file::
+
+    campaign: argyrodite-demo
+    mobile_species: Li
+    engine: {relax: chgnet, md: chgnet}
+    md:
+      temperatures_k: [600, 800, 1000]
+      time_step_fs: 2.0
+      equilibration_ps: 1.0
+      production_ps: 5.0
+      supercell_min_length_a: 10.0
+      pinned_control: auto
+    materials:
+      - {name: Li6PS5Cl, structure: examples/Li6PS5Cl.cif}
+      - {name: Li3N, structure: examples/Li3N.cif, md: {temperatures_k: [500, 700]}}
+    execution: {mode: local}
+
+Structure paths (and ``execution.launchpad``) are relative to the YAML file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from ionflow.errors import UserInputError
+
+__all__ = [
+    "ALLOWED_ENGINES",
+    "AnalysisSpec",
+    "CampaignSpec",
+    "CampaignSpecError",
+    "EngineSpec",
+    "ExecutionSpec",
+    "MDOverrides",
+    "MDSpec",
+    "MaterialSpec",
+    "PinnedSpecies",
+    "RelaxSpec",
+    "ResolvedMaterial",
+    "VaspSpec",
+    "campaign_fingerprint",
+    "load_campaign",
+    "planned_jobs",
+]
+
+#: Engines that can run MD (``toy`` is a cheap analytic test potential).
+ALLOWED_ENGINES: tuple[str, ...] = ("chgnet", "mace", "m3gnet", "sevennet", "vasp", "toy")
+#: Engines that can relax a structure; ``none`` skips the relaxation.
+ALLOWED_RELAX_ENGINES: tuple[str, ...] = (*ALLOWED_ENGINES, "none")
+ALLOWED_THERMOSTATS: tuple[str, ...] = ("nose-hoover", "langevin", "berendsen")
+
+MAX_TIME_STEP_FS = 5.0
+MIN_PRODUCTION_FRAMES = 10
+DEFAULT_FRAME_INTERVAL_STEPS = 10
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ERROR_TYPE = "ionflow"  # pydantic error type of our own single-problem errors
+_MULTI_ERROR_TYPE = "ionflow_multi"  # ... and of our cross-field errors (ctx["problems"])
+
+
+class CampaignSpecError(UserInputError):
+    """One or more problems in a campaign file.
+
+    ``str(exc)`` lists every problem, one per line; :attr:`problems` holds the same
+    lines as a list (each names the file, the material when relevant and the key path).
+    """
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(message: str) -> PydanticCustomError:
+    """A pydantic error whose message is exactly ``message`` (no format placeholders)."""
+    return PydanticCustomError(_ERROR_TYPE, "{detail}", {"detail": message})
+
+
+def _fmt_num(value: Any) -> str:
+    """Compact number: ``500.0`` → ``500``, ``2.5`` → ``2.5``; other values via repr."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        return str(int(value))
+    return repr(value)
+
+
+def _fmt_list(values: Sequence[Any]) -> str:
+    return "[" + ", ".join(_fmt_num(v) for v in values) + "]"
+
+
+def _suggest(word: str, choices: Sequence[str]) -> str:
+    """``"; did you mean 'x'?"`` when a close match exists, else ``""``."""
+    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _choice(kind: str, allowed: Sequence[str]):
+    """Before-validator: a string from ``allowed`` (case-insensitive, ``_`` = ``-``), with a
+    did-you-mean message otherwise; null/false mean ``none`` when that is allowed."""
+
+    def check(value: Any) -> Any:
+        if (value is None or value is False) and "none" in allowed:
+            return "none"
+        if not isinstance(value, str):
+            raise _fail(
+                f"expected one of {', '.join(allowed)}, got {_fmt_num(value)}"
+                + _yaml_bool_hint(value)
+            )
+        key = value.strip().lower()
+        if key not in allowed:
+            alt = key.replace("_", "-").replace(" ", "-")
+            key = alt if alt in allowed else key
+        if key not in allowed:
+            raise _fail(
+                f"unknown {kind} {value!r}{_suggest(key, allowed)} (allowed: {', '.join(allowed)})"
+            )
+        return key
+
+    return BeforeValidator(check)
+
+
+def _yaml_bool_hint(value: Any) -> str:
+    if isinstance(value, bool):
+        return " (YAML reads unquoted yes/no/on/off as booleans; quote the value)"
+    return ""
+
+
+def _check_element(symbol: Any) -> str:
+    from pymatgen.core import Element
+
+    if not isinstance(symbol, str):
+        raise _fail(f"expected an element symbol, got {_fmt_num(symbol)}{_yaml_bool_hint(symbol)}")
+    sym = symbol.strip()
+    if not Element.is_valid_symbol(sym):
+        if Element.is_valid_symbol(sym.capitalize()):
+            raise _fail(f"{symbol!r} is not an element symbol; did you mean '{sym.capitalize()}'?")
+        raise _fail(f"{symbol!r} is not an element symbol")
+    return sym
+
+
+def _check_safe_name(kind: str):
+    def check(value: str) -> str:
+        if not _SAFE_NAME.match(value):
+            raise _fail(
+                f"{kind} {value!r} is not filesystem-safe: use 1–64 letters, digits, '.', '_' "
+                "or '-', starting with a letter or digit"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _positive(unit: str):
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise _fail(f"must be > 0{' ' + unit if unit else ''}, got {_fmt_num(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _non_negative(unit: str):
+    def check(value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise _fail(f"must be ≥ 0 {unit}, got {_fmt_num(value)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_time_step(value: float) -> float:
+    if not math.isfinite(value) or not 0 < value <= MAX_TIME_STEP_FS:
+        raise _fail(f"must be > 0 and ≤ {_fmt_num(MAX_TIME_STEP_FS)} fs, got {value!r}")
+    return value
+
+
+def _check_temperatures(values: list[float]) -> list[float]:
+    if not values:
+        raise _fail("give at least one temperature, got []")
+    bad = [v for v in values if not math.isfinite(v) or v <= 0]
+    if bad:
+        raise _fail(f"temperatures must be > 0 K, got {_fmt_list(bad)}")
+    if len(set(values)) != len(values):
+        raise _fail(f"temperatures must be unique, got {_fmt_list(values)}")
+    return sorted(values)
+
+
+# ------------------------------------------------------------------- field types
+
+PositiveFloat_fs = Annotated[StrictFloat, _positive("fs")]
+EngineName = Annotated[
+    Literal["chgnet", "mace", "m3gnet", "sevennet", "vasp", "toy"],
+    _choice("engine", ALLOWED_ENGINES),
+]
+RelaxEngineName = Annotated[
+    Literal["chgnet", "mace", "m3gnet", "sevennet", "vasp", "toy", "none"],
+    _choice("engine", ALLOWED_RELAX_ENGINES),
+]
+ElementSymbol = Annotated[str, BeforeValidator(_check_element)]
+
+
+class _Model(BaseModel):
+    """Base: unknown keys are errors; values are not silently coerced from strings."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=False)
+
+
+class PinnedSpecies(_Model):
+    """Explicit pinned-control species, e.g. ``{species: [S]}``."""
+
+    species: list[ElementSymbol] = Field(
+        description="Element symbols whose atoms are held fixed (pinned) in the control MD "
+        "(dimensionless element symbols, e.g. [S] or [P, S]).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PinnedSpecies:
+        if not self.species:
+            raise PydanticCustomError(
+                _MULTI_ERROR_TYPE,
+                "{detail}",
+                {
+                    "detail": "species: list at least one element (or use pinned_control: off)",
+                    "problems": [
+                        ("species", "list at least one element (or use pinned_control: off)")
+                    ],
+                },
+            )
+        dupes = sorted({s for s in self.species if self.species.count(s) > 1})
+        if dupes:
+            msg = f"duplicate species {dupes}"
+            raise PydanticCustomError(
+                _MULTI_ERROR_TYPE, "{detail}", {"detail": msg, "problems": [("species", msg)]}
+            )
+        return self
+
+
+def _pinned_mode(value: Any) -> Any:
+    if value is False or value is None:  # YAML reads an unquoted `off` as false
+        return "off"
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("auto", "off"):
+            return low
+        raise _fail(
+            f"expected auto, off or {{species: [...]}}, got {value!r}{_suggest(low, ['auto', 'off'])}"
+        )
+    if isinstance(value, list):  # shorthand: pinned_control: [S]
+        return value
+    raise _fail(f"expected auto, off or {{species: [...]}}, got {_fmt_num(value)}")
+
+
+def _pinned_discriminator(value: Any) -> str:
+    if isinstance(value, dict | PinnedSpecies):
+        return "<species>"
+    return "<mode>"
+
+
+def _pinned_shorthand(value: Any) -> Any:
+    if value is False or value is None:
+        return "off"
+    if isinstance(value, list):
+        return {"species": value}
+    return value
+
+
+PinnedControl = Annotated[
+    Union[  # noqa: UP007 - tagged union members need typing.Union
+        Annotated[Literal["auto", "off"], BeforeValidator(_pinned_mode), Tag("<mode>")],
+        Annotated[PinnedSpecies, Tag("<species>")],
+    ],
+    Discriminator(_pinned_discriminator),
+    BeforeValidator(_pinned_shorthand),
+]
+
+
+_PINNED_ADAPTER: TypeAdapter[Any] = TypeAdapter(PinnedControl)
+
+# ------------------------------------------------------------------------- models
+
+
+class MDSpec(_Model):
+    """Molecular-dynamics settings (campaign-wide; materials may override any field)."""
+
+    temperatures_k: Annotated[list[StrictFloat], AfterValidator(_check_temperatures)] = Field(
+        description="MD temperatures in kelvin; each > 0, unique, at least one (sorted ascending).",
+    )
+    time_step_fs: Annotated[StrictFloat, AfterValidator(_check_time_step)] = Field(
+        2.0, description="Integration time step in femtoseconds (0 < dt ≤ 5 fs)."
+    )
+    equilibration_ps: Annotated[StrictFloat, _non_negative("ps")] = Field(
+        1.0, description="Equilibration length in picoseconds, discarded from analysis (≥ 0 ps)."
+    )
+    production_ps: Annotated[StrictFloat, _positive("ps")] = Field(
+        5.0,
+        description="Production length in picoseconds, analysed for diffusion (> 0 ps, long "
+        f"enough for ≥ {MIN_PRODUCTION_FRAMES} saved frames).",
+    )
+    supercell_min_length_a: Annotated[StrictFloat, _positive("Å")] = Field(
+        10.0,
+        description="Minimum perpendicular width of the MD supercell in ångström (> 0 Å).",
+    )
+    pinned_control: PinnedControl = Field(
+        "auto",
+        description="Pinned-anion control run: 'auto' (pin the bonded framework anions), 'off', "
+        "or {species: [element symbols]} to pin every atom of those elements (no unit).",
+    )
+    frame_interval_fs: PositiveFloat_fs | None = Field(
+        None,
+        description="Interval between saved frames in femtoseconds; a positive multiple of "
+        f"time_step_fs (default {DEFAULT_FRAME_INTERVAL_STEPS} × time_step_fs).",
+    )
+    thermostat: Annotated[
+        Literal["nose-hoover", "langevin", "berendsen"], _choice("thermostat", ALLOWED_THERMOSTATS)
+    ] = Field(
+        "nose-hoover", description="NVT thermostat (no unit): nose-hoover, langevin or berendsen."
+    )
+    segment_steps: Annotated[StrictInt, _positive("")] | None = Field(
+        None,
+        description="MD steps per restartable segment in steps (VASP); null = one segment.",
+    )
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> MDSpec:
+        problems = self.cross_field_problems()
+        if problems:
+            raise PydanticCustomError(
+                _MULTI_ERROR_TYPE,
+                "{detail}",
+                {"detail": "; ".join(f"{k}: {m}" for k, m in problems), "problems": problems},
+            )
+        return self
+
+    def cross_field_problems(self) -> list[tuple[str, str]]:
+        """Problems that involve several fields, as ``(field, message)`` pairs."""
+        problems: list[tuple[str, str]] = []
+        dt = self.time_step_fs
+        interval = self.frame_interval_effective_fs
+        ratio = interval / dt
+        if self.frame_interval_fs is not None and (
+            round(ratio) < 1 or abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio)
+        ):
+            problems.append(
+                (
+                    "frame_interval_fs",
+                    f"must be a positive multiple of time_step_fs ({_fmt_num(dt)} fs), "
+                    f"got {_fmt_num(self.frame_interval_fs)}",
+                )
+            )
+            return problems
+        n_frames = self.n_production_frames
+        if n_frames < MIN_PRODUCTION_FRAMES:
+            need_ps = MIN_PRODUCTION_FRAMES * interval / 1000.0
+            problems.append(
+                (
+                    "production_ps",
+                    f"{_fmt_num(self.production_ps)} ps with a frame every {_fmt_num(interval)} fs "
+                    f"gives {n_frames} frames; need ≥ {MIN_PRODUCTION_FRAMES} "
+                    f"(production_ps ≥ {need_ps:g} or a smaller frame_interval_fs)",
+                )
+            )
+        return problems
+
+    # ---- derived quantities (all in steps / frames, computed from the settings above)
+    @property
+    def frame_interval_effective_fs(self) -> float:
+        """Frame interval in fs (the default is 10 × time step)."""
+        if self.frame_interval_fs is None:
+            return DEFAULT_FRAME_INTERVAL_STEPS * self.time_step_fs
+        return self.frame_interval_fs
+
+    @property
+    def frame_stride_steps(self) -> int:
+        """MD steps between saved frames."""
+        return max(1, round(self.frame_interval_effective_fs / self.time_step_fs))
+
+    @property
+    def equilibration_steps(self) -> int:
+        """Number of equilibration MD steps."""
+        return round(self.equilibration_ps * 1000.0 / self.time_step_fs)
+
+    @property
+    def production_steps(self) -> int:
+        """Number of production MD steps."""
+        return round(self.production_ps * 1000.0 / self.time_step_fs)
+
+    @property
+    def n_production_frames(self) -> int:
+        """Frames saved during production (excluding the starting frame)."""
+        return self.production_steps // self.frame_stride_steps
+
+    @property
+    def pinned_control_arg(self) -> str | list[str]:
+        """``pinned_control`` as :func:`ionflow.structure.pinned_indices` takes it."""
+        if isinstance(self.pinned_control, PinnedSpecies):
+            return list(self.pinned_control.species)
+        return self.pinned_control
+
+
+def _make_overrides_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for name, info in MDSpec.model_fields.items():
+        annotation = info.annotation
+        if info.metadata:
+            annotation = Annotated[(annotation, *info.metadata)]
+        fields[name] = (
+            annotation | None,
+            Field(None, description=f"Per-material override: {info.description}"),
+        )
+    return create_model(
+        "MDOverrides",
+        __base__=_Model,
+        __doc__="Per-material MD overrides: every field optional, merged over the campaign md.",
+        __module__=__name__,
+        **fields,
+    )
+
+
+MDOverrides = _make_overrides_model()
+
+
+class EngineSpec(_Model):
+    """Which engine relaxes the structures and which runs the MD."""
+
+    relax: RelaxEngineName = Field(
+        "chgnet",
+        description="Relaxation engine (no unit): chgnet, mace, m3gnet, sevennet, vasp, toy "
+        "or none (skip the relaxation).",
+    )
+    md: EngineName = Field(
+        "chgnet", description="MD engine (no unit): chgnet, mace, m3gnet, sevennet, vasp or toy."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `engine: chgnet` means the same engine for both
+        if isinstance(value, str):
+            return {"relax": value, "md": value}
+        return value
+
+
+class RelaxSpec(_Model):
+    """Relaxation settings (used unless ``engine.relax`` is ``none``)."""
+
+    fmax_ev_a: Annotated[StrictFloat, _positive("eV/Å")] = Field(
+        0.05, description="Force convergence threshold in eV/Å (> 0)."
+    )
+    max_steps: Annotated[StrictInt, _positive("")] = Field(
+        500, description="Maximum optimiser steps (count, > 0)."
+    )
+    relax_cell: StrictBool = Field(
+        True, description="Relax the cell shape and volume too (true/false, no unit)."
+    )
+
+
+class AnalysisSpec(_Model):
+    """Diffusion-analysis settings."""
+
+    drift_reference: Annotated[
+        Literal["auto", "framework", "none"],
+        _choice("drift reference", ("auto", "framework", "none")),
+    ] = Field(
+        "auto",
+        description="Centre-of-mass drift removal reference (no unit): auto (the pinned atoms "
+        "in pinned runs, else the framework), framework (every non-mobile atom) or none.",
+    )
+    fit: Annotated[
+        Literal["ionflow", "pymatgen"], _choice("fit backend", ("ionflow", "pymatgen"))
+    ] = Field(
+        "ionflow",
+        description="MSD/Arrhenius fitting backend (no unit): ionflow or pymatgen "
+        "(pymatgen-analysis-diffusion, for cross-checks).",
+    )
+
+
+class VaspSpec(_Model):
+    """Free-form VASP settings."""
+
+    incar: dict[StrictStr, Any] = Field(
+        default_factory=dict,
+        description="INCAR overrides (VASP units, e.g. ENCUT in eV, POTIM in fs); keys are "
+        "upper-cased; material values win over campaign values.",
+    )
+
+    @model_validator(mode="after")
+    def _upper(self) -> VaspSpec:
+        self.incar = {k.upper(): v for k, v in self.incar.items()}
+        return self
+
+
+class MaterialSpec(_Model):
+    """One material of the campaign."""
+
+    name: Annotated[StrictStr, _check_safe_name("name")] = Field(
+        description="Unique, filesystem-safe material name (no unit), e.g. Li6PS5Cl."
+    )
+    structure: StrictStr = Field(
+        description="Structure file (CIF, POSCAR/CONTCAR or pymatgen JSON; no unit), relative "
+        "to the YAML file's directory."
+    )
+    md: MDOverrides | None = Field(  # type: ignore[valid-type]
+        None, description="Per-material MD overrides, merged field by field over the campaign md."
+    )
+    vasp: VaspSpec | None = Field(
+        None, description="Per-material VASP settings, merged over the campaign vasp.incar."
+    )
+
+
+class ExecutionSpec(_Model):
+    """Where and how the jobs run."""
+
+    mode: Annotated[
+        Literal["local", "fireworks"], _choice("execution mode", ("local", "fireworks"))
+    ] = Field(
+        "local",
+        description="local (run in this process) or fireworks (submit to a FireWorks "
+        "LaunchPad); no unit.",
+    )
+    launchpad: StrictStr | None = Field(
+        None,
+        description="Path to my_launchpad.yaml (relative to the YAML file; no unit).",
+    )
+    db_uri: StrictStr | None = Field(
+        None, description="MongoDB URI for the LaunchPad (no unit); prefer db_uri_env."
+    )
+    db_uri_env: StrictStr | None = Field(
+        None, description="Name of the environment variable holding the MongoDB URI (no unit)."
+    )
+    profile: StrictStr | None = Field(
+        None, description="Name of the worker/queue profile used for submission (no unit)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ExecutionSpec:
+        given = [k for k in ("launchpad", "db_uri", "db_uri_env") if getattr(self, k) is not None]
+        if len(given) > 1:
+            msg = f"give at most one of launchpad, db_uri, db_uri_env; got {', '.join(given)}"
+            raise PydanticCustomError(
+                _MULTI_ERROR_TYPE, "{detail}", {"detail": msg, "problems": [(given[1], msg)]}
+            )
+        return self
+
+
+class CampaignSpec(_Model):
+    """The whole ``workflows.yaml``."""
+
+    campaign: Annotated[StrictStr, _check_safe_name("campaign name")] = Field(
+        description="Campaign name (filesystem-safe; no unit); used for directories and the database."
+    )
+    description: StrictStr | None = Field(None, description="Free-text description (no unit).")
+    mobile_species: ElementSymbol = Field(
+        "Li", description="Element symbol of the diffusing ion (no unit), e.g. Li, Na, K, Mg."
+    )
+    engine: EngineSpec = Field(
+        default_factory=EngineSpec, description="Relaxation and MD engines (no unit)."
+    )
+    md: MDSpec = Field(description="Campaign-wide MD settings (units in each field name).")
+    materials: list[MaterialSpec] = Field(
+        min_length=1, description="The materials to simulate (at least one)."
+    )
+    execution: ExecutionSpec = Field(
+        default_factory=ExecutionSpec, description="Where the jobs run (no unit)."
+    )
+    relax: RelaxSpec = Field(
+        default_factory=RelaxSpec, description="Relaxation settings (units in field names)."
+    )
+    analysis: AnalysisSpec = Field(
+        default_factory=AnalysisSpec, description="Diffusion-analysis settings (no unit)."
+    )
+    vasp: VaspSpec = Field(
+        default_factory=VaspSpec, description="Campaign-wide VASP settings (INCAR overrides)."
+    )
+
+
+class ResolvedMaterial(BaseModel):
+    """A material with its structure loaded and its MD settings merged and checked."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    index: int = Field(description="Position in the materials list (0-based; no unit).")
+    name: str = Field(description="Material name (no unit).")
+    structure_path: Path = Field(description="Absolute path of the structure file (no unit).")
+    md: MDSpec = Field(description="Campaign md merged with this material's overrides.")
+    vasp_incar: dict[str, Any] = Field(
+        default_factory=dict, description="Campaign INCAR overrides merged with the material's."
+    )
+    supercell_matrix: list[list[int]] = Field(
+        description="3×3 integer supercell matrix reaching md.supercell_min_length_a (no unit)."
+    )
+    pinned_indices: list[int] = Field(
+        default_factory=list,
+        description="Site indices (in the input cell) pinned in the control run; empty = no "
+        "pinned control (no unit).",
+    )
+    pinned_reason: str = Field(
+        "", description="Why these sites are pinned, or why none are (no unit)."
+    )
+    structure: Any = Field(
+        default=None, exclude=True, repr=False, description="The pymatgen Structure (not dumped)."
+    )
+
+    @property
+    def formula(self) -> str:
+        """Reduced formula of the input structure."""
+        return self.structure.composition.reduced_formula
+
+    @property
+    def n_sites(self) -> int:
+        """Atoms in the input cell."""
+        return len(self.structure)
+
+    @property
+    def supercell_multiplicity(self) -> int:
+        """Number of input cells in the supercell (|det M|)."""
+        m = self.supercell_matrix
+        det = (
+            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+        )
+        return abs(det)
+
+    @property
+    def n_sites_supercell(self) -> int:
+        """Atoms in the MD supercell."""
+        return self.n_sites * self.supercell_multiplicity
+
+    @property
+    def has_pinned_control(self) -> bool:
+        """Whether a pinned-control MD is run for this material."""
+        return bool(self.pinned_indices)
+
+
+# ------------------------------------------------------------ error formatting
+
+
+def _flatten_types(tp: Any) -> list[Any]:
+    origin = typing.get_origin(tp)
+    if origin is Annotated:
+        return _flatten_types(typing.get_args(tp)[0])
+    if origin is Union or isinstance(tp, types.UnionType):
+        out: list[Any] = []
+        for arg in typing.get_args(tp):
+            out.extend(_flatten_types(arg))
+        return out
+    return [tp]
+
+
+def _allowed_keys(root: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Field names of the model(s) found at ``loc`` under ``root`` (for did-you-mean)."""
+    current: list[Any] = [root]
+    for part in loc:
+        if isinstance(part, str) and part.startswith("<"):
+            continue  # tagged-union member
+        nxt: list[Any] = []
+        for tp in current:
+            for t in _flatten_types(tp):
+                origin = typing.get_origin(t)
+                if isinstance(part, int) and origin in (list, Sequence):
+                    nxt.append(typing.get_args(t)[0])
+                elif isinstance(t, type) and issubclass(t, BaseModel) and part in t.model_fields:
+                    info = t.model_fields[part]
+                    nxt.append(info.annotation)
+        current = nxt
+    keys: list[str] = []
+    for tp in current:
+        for t in _flatten_types(tp):
+            if isinstance(t, type) and issubclass(t, BaseModel):
+                keys.extend(k for k in t.model_fields if k not in keys)
+    return keys
+
+
+_TYPE_WORDS = {
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "int_type": "expected a whole number",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping",
+    "model_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
+        text = _fmt_list(value)
+    elif isinstance(value, int | float | bool):
+        text = _fmt_num(value)
+    elif value is None:
+        text = "null"
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _pydantic_problems(
+    exc: ValidationError, root: type[BaseModel], prefix: tuple[Any, ...] = ()
+) -> list[tuple[tuple[Any, ...], str]]:
+    """Turn a ValidationError into ``(loc, message)`` pairs with our wording."""
+    out: list[tuple[tuple[Any, ...], str]] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("<")))
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        if kind == _MULTI_ERROR_TYPE:
+            for field, msg in ctx["problems"]:
+                out.append((prefix + loc + (field,), msg))
+            continue
+        if kind == _ERROR_TYPE:
+            msg = ctx["detail"]
+        elif kind == "missing":
+            msg = "missing required key"
+        elif kind == "extra_forbidden":
+            allowed = _allowed_keys(root, err["loc"][:-1])
+            hint = _suggest(str(loc[-1]), allowed)
+            msg = "unknown key" + (hint or f"; allowed keys: {', '.join(allowed)}")
+        elif kind in _TYPE_WORDS:
+            msg = f"{_TYPE_WORDS[kind]}, got {_short(err['input'])}"
+            if kind in ("string_type", "model_type", "dict_type"):
+                msg += _yaml_bool_hint(err["input"])
+        elif kind == "too_short" and isinstance(err["input"], list) and not err["input"]:
+            msg = "must not be empty"
+        else:
+            text = err["msg"]
+            msg = f"{text[:1].lower()}{text[1:]}, got {_short(err['input'])}"
+        out.append((prefix + loc, msg))
+    return out
+
+
+def _loc_text(loc: Sequence[Any]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+class _Problems:
+    """Collects ``(loc, message)`` problems and formats them against the raw data."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.items: list[tuple[tuple[Any, ...], str]] = []
+        self.raw: Any = None
+
+    def add(self, loc: Sequence[Any], message: str) -> None:
+        item = (tuple(loc), message)
+        if item not in self.items:
+            self.items.append(item)
+
+    def has(self, loc: Sequence[Any], message: str) -> bool:
+        return (tuple(loc), message) in self.items
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def _material_label(self, index: int) -> str:
+        name = None
+        mats = self.raw.get("materials") if isinstance(self.raw, dict) else None
+        if isinstance(mats, list) and index < len(mats) and isinstance(mats[index], dict):
+            candidate = mats[index].get("name")
+            if isinstance(candidate, str) and candidate:
+                name = candidate
+        return f"materials[{index}]" + (f" ({name})" if name else "")
+
+    def lines(self) -> list[str]:
+        def order(item: tuple[tuple[Any, ...], str]) -> int:
+            loc = item[0]
+            if len(loc) >= 2 and loc[0] == "materials" and isinstance(loc[1], int):
+                return loc[1]
+            return -1
+
+        lines = []
+        for loc, msg in sorted(self.items, key=order):
+            parts = [self.label]
+            if not loc:
+                parts.append(msg)
+            elif len(loc) >= 2 and loc[0] == "materials" and isinstance(loc[1], int):
+                parts.append(self._material_label(loc[1]))
+                if len(loc) > 2:
+                    parts.append(_loc_text(loc[2:]))
+                parts.append(msg)
+            else:
+                parts.extend([_loc_text(loc), msg])
+            lines.append(": ".join(parts))
+        return lines
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise CampaignSpecError(self.lines())
+
+
+# ------------------------------------------------------------------- YAML reading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records duplicate mapping keys instead of silently keeping the last."""
+
+    duplicates: list[tuple[int, str]]
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: set[Any] = set()
+        for key_node, _value_node in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except Exception:  # unhashable keys: let SafeLoader raise its own error
+                continue
+            if key in seen:
+                self.duplicates.append((key_node.start_mark.line + 1, str(key)))
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path, label: str) -> tuple[Any, list[str]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CampaignSpecError([f"{label}: file not found"]) from None
+    except IsADirectoryError:
+        raise CampaignSpecError([f"{label}: is a directory, expected a YAML file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CampaignSpecError([f"{label}: cannot read: {exc}"]) from None
+    loader = _Loader(text)
+    loader.duplicates = []
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            ctx_mark = exc.context_mark
+            at = f" at line {ctx_mark.line + 1}" if ctx_mark and ctx_mark is not mark else ""
+            what += f" ({exc.context}{at})"
+        raise CampaignSpecError([f"{label}: {where}YAML syntax error: {what}"]) from None
+    except yaml.YAMLError as exc:
+        raise CampaignSpecError([f"{label}: YAML syntax error: {exc}"]) from None
+    finally:
+        loader.dispose()
+    dupes = [f"{label}: line {line}: duplicate key {key!r}" for line, key in loader.duplicates]
+    return data, dupes
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def _try(model: type[BaseModel], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError:
+        return None
+
+
+def _merge_md(base: dict[str, Any], override: BaseModel | None) -> dict[str, Any]:
+    merged = dict(base)
+    if override is None:
+        return merged
+    for key in override.model_fields_set:
+        value = getattr(override, key)
+        if value is None and not _nullable(MDSpec.model_fields[key].annotation):
+            continue  # null in an override means "inherit"
+        merged[key] = value.model_dump() if isinstance(value, BaseModel) else value
+    return merged
+
+
+def _nullable(annotation: Any) -> bool:
+    return type(None) in _flatten_types(annotation)
+
+
+def _elements(structure: Any) -> list[str]:
+    return sorted({el.symbol for el in structure.composition.elements})
+
+
+def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial]]:
+    """Read, validate and resolve a campaign file.
+
+    Parameters
+    ----------
+    path
+        The ``workflows.yaml`` file. Structure paths inside it are relative to its directory.
+
+    Returns
+    -------
+    spec, materials
+        The validated :class:`CampaignSpec` (with ``execution.launchpad`` made absolute)
+        and one :class:`ResolvedMaterial` per material, in file order, each with its
+        structure loaded, MD settings merged, supercell matrix and pinned sites computed.
+
+    Raises
+    ------
+    CampaignSpecError
+        (a :class:`~ionflow.errors.UserInputError`) listing every problem found, one per
+        line, each naming the file, the material when relevant and the key path.
+    """
+    from ionflow import structure as st
+
+    path = Path(path)
+    label = str(path)
+    base_dir = path.expanduser().resolve().parent
+    raw, dupes = _read_yaml(path.expanduser(), label)
+    problems = _Problems(label)
+    problems.raw = raw
+
+    if raw is None:
+        raise CampaignSpecError(
+            [
+                f"{label}: the file is empty; expected a mapping with keys "
+                "campaign, md, materials, ..."
+            ]
+        )
+    if not isinstance(raw, dict):
+        raise CampaignSpecError(
+            [f"{label}: top level must be a mapping (key: value), got a {type(raw).__name__}"]
+        )
+
+    spec: CampaignSpec | None = None
+    try:
+        spec = CampaignSpec.model_validate(raw)
+    except ValidationError as exc:
+        for loc, msg in _pydantic_problems(exc, CampaignSpec):
+            problems.add(loc, msg)
+
+    # Pieces that validated on their own, so that per-material checks still run when
+    # something unrelated elsewhere in the file is wrong.
+    if spec is not None:
+        mobile: str | None = spec.mobile_species
+        campaign_md_raw: dict[str, Any] | None = raw.get("md")
+        campaign_md: MDSpec | None = spec.md
+        campaign_incar = spec.vasp.incar
+        materials: list[tuple[MaterialSpec | None, bool]] = [(m, True) for m in spec.materials]
+    else:
+        mobile = None
+        try:
+            mobile = _check_element(raw.get("mobile_species", "Li"))
+        except PydanticCustomError:
+            pass
+        campaign_md_raw = raw.get("md") if isinstance(raw.get("md"), dict) else None
+        campaign_md = _try(MDSpec, campaign_md_raw) if campaign_md_raw is not None else None
+        vasp = _try(VaspSpec, raw.get("vasp") or {})
+        campaign_incar = vasp.incar if vasp else {}
+        raw_mats = raw.get("materials")
+        materials = []
+        for item in raw_mats if isinstance(raw_mats, list) else []:
+            mat = _try(MaterialSpec, item)
+            if mat is None and isinstance(item, dict):
+                # still check the structure when only the overrides are wrong
+                core = {k: v for k, v in item.items() if k in ("name", "structure")}
+                materials.append((_try(MaterialSpec, core), False))
+            else:
+                materials.append((mat, True))
+
+    # campaign-level pinned control on its own, so its checks run even if md has problems
+    campaign_pinned: str | PinnedSpecies | None = None
+    if campaign_md is not None:
+        campaign_pinned = campaign_md.pinned_control
+    elif isinstance(campaign_md_raw, dict):
+        try:
+            campaign_pinned = _PINNED_ADAPTER.validate_python(
+                campaign_md_raw.get("pinned_control", "auto")
+            )
+        except ValidationError:
+            campaign_pinned = None
+    if mobile and isinstance(campaign_pinned, PinnedSpecies):
+        if mobile in campaign_pinned.species:
+            problems.add(
+                ("md", "pinned_control", "species"),
+                f"cannot pin the mobile species {mobile}",
+            )
+
+    # material names unique (case-insensitively: case-insensitive filesystems)
+    seen_names: dict[str, int] = {}
+    for i, (mat, _) in enumerate(materials):
+        if mat is None:
+            continue
+        key = mat.name.lower()
+        if key in seen_names:
+            problems.add(
+                ("materials", i, "name"),
+                f"duplicate material name {mat.name!r} (also materials[{seen_names[key]}])",
+            )
+        else:
+            seen_names[key] = i
+
+    # execution.launchpad exists (relative to the YAML directory)
+    if spec is not None and spec.execution.launchpad is not None:
+        lp = (base_dir / Path(spec.execution.launchpad).expanduser()).resolve()
+        if not lp.is_file():
+            problems.add(("execution", "launchpad"), f"launchpad file not found: {lp}")
+        else:
+            spec = spec.model_copy(
+                update={"execution": spec.execution.model_copy(update={"launchpad": str(lp)})}
+            )
+
+    resolved: list[ResolvedMaterial] = []
+    for i, (mat, overrides_ok) in enumerate(materials):
+        if mat is None:
+            continue
+        prefix: tuple[Any, ...] = ("materials", i)
+        # merged MD settings: report only what is not already reported elsewhere
+        md: MDSpec | None = None
+        if campaign_md_raw is not None and overrides_ok:
+            merged = _merge_md(campaign_md_raw, mat.md)
+            try:
+                md = MDSpec.model_validate(merged)
+            except ValidationError as exc:
+                for loc, msg in _pydantic_problems(exc, MDSpec, ("md",)):
+                    if problems.has(loc, msg) or problems.has(prefix + loc, msg):
+                        continue
+                    problems.add(prefix + loc, msg)
+        pinned_value = campaign_pinned
+        if not overrides_ok:
+            pinned_value = None  # unknown: the material's own md is broken
+        elif mat.md is not None and mat.md.pinned_control is not None:
+            pinned_value = mat.md.pinned_control
+            if mobile and isinstance(pinned_value, PinnedSpecies):
+                if mobile in pinned_value.species:
+                    problems.add(
+                        (*prefix, "md", "pinned_control", "species"),
+                        f"cannot pin the mobile species {mobile}",
+                    )
+
+        # structure
+        # shown in messages relative to the working directory when the YAML path is relative
+        shown = path.expanduser().parent / Path(mat.structure).expanduser()
+        spath = shown.resolve()
+        try:
+            structure = st.load_structure(shown)
+        except UserInputError as exc:
+            problems.add((*prefix, "structure"), str(exc))
+            continue
+        elements = _elements(structure)
+        if mobile and mobile not in elements:
+            problems.add(
+                (*prefix, "structure"),
+                f"{spath.name} contains no {mobile} (the mobile species); "
+                f"elements: {', '.join(elements)}",
+            )
+        pinned_ok = pinned_value is not None
+        if isinstance(pinned_value, PinnedSpecies):
+            missing = [s for s in pinned_value.species if s not in elements]
+            if missing:
+                problems.add(
+                    (*prefix, "md", "pinned_control", "species"),
+                    f"{', '.join(missing)} not in this structure (elements: {', '.join(elements)})",
+                )
+                pinned_ok = False
+            if mobile in pinned_value.species:
+                pinned_ok = False  # already reported
+        if md is None:
+            continue
+        pinned_arg = md.pinned_control_arg
+        try:
+            matrix = st.supercell_matrix(structure.lattice, md.supercell_min_length_a)
+            matrix_list = [[int(x) for x in row] for row in matrix]
+        except UserInputError as exc:
+            problems.add((*prefix, "md", "supercell_min_length_a"), str(exc))
+            continue
+        pinned: list[int] = []
+        reason = "off"
+        if mobile and mobile in elements and pinned_ok:
+            try:
+                indices, reason = st.pinned_indices(structure, mobile, pinned_arg)
+                pinned = [int(x) for x in indices]
+            except UserInputError as exc:
+                problems.add((*prefix, "md", "pinned_control"), str(exc))
+                continue
+        incar = dict(campaign_incar)
+        if mat.vasp is not None:
+            incar.update(mat.vasp.incar)
+        resolved.append(
+            ResolvedMaterial(
+                index=i,
+                name=mat.name,
+                structure_path=spath,
+                md=md,
+                vasp_incar=incar,
+                supercell_matrix=matrix_list,
+                pinned_indices=pinned,
+                pinned_reason=reason,
+                structure=structure,
+            )
+        )
+
+    lines = dupes + problems.lines()
+    if lines:
+        raise CampaignSpecError(lines)
+    assert spec is not None
+    return spec, resolved
+
+
+# ---------------------------------------------------------------------- planning
+
+
+def planned_jobs(spec: CampaignSpec, material: ResolvedMaterial) -> dict[str, int]:
+    """Jobs the campaign runs for one material, by kind.
+
+    relax (unless ``engine.relax: none``) + 1 supercell + 1 MD per temperature + 1 pinned
+    MD per temperature (when there is a pinned control) + 1 analysis per MD run + 1
+    Arrhenius fit per variant (normal, pinned) + 1 summary.
+    """
+    n_t = len(material.md.temperatures_k)
+    pinned = material.has_pinned_control
+    variants = 2 if pinned else 1
+    return {
+        "relax": 0 if spec.engine.relax == "none" else 1,
+        "supercell": 1,
+        "md": n_t,
+        "pinned_md": n_t if pinned else 0,
+        "analysis": n_t * variants,
+        "arrhenius": variants,
+        "summary": 1,
+    }
+
+
+# ------------------------------------------------------------------- fingerprint
+
+
+def _canonical_structure(structure: Any) -> dict[str, Any]:
+    def num(x: float) -> str:
+        value = round(float(x), 6) + 0.0
+        return f"{value:.6f}"
+
+    def frac(x: float) -> str:
+        value = float(x) % 1.0
+        if value > 1.0 - 5e-7:
+            value = 0.0
+        return num(value)
+
+    return {
+        "lattice_a": [[num(x) for x in row] for row in structure.lattice.matrix],
+        "sites": [
+            [site.species_string, *(frac(x) for x in site.frac_coords)] for site in structure
+        ],
+    }
+
+
+def campaign_fingerprint(
+    spec: CampaignSpec,
+    material: ResolvedMaterial,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """Stable SHA-256 (hex) of what determines a material's simulations.
+
+    Covers the structure (lattice and sites rounded to 1e-6), the mobile species, the
+    engines, the relaxation settings, the merged MD settings, the supercell matrix, the
+    merged INCAR overrides and ``extra`` (e.g. ``{"temperature_k": 600.0}`` for a per-run
+    key). Not covered: names, file paths, execution and analysis settings — so renaming
+    or moving a file does not trigger a re-run.
+    """
+    payload = {
+        "structure": _canonical_structure(material.structure),
+        "mobile_species": spec.mobile_species,
+        "engine": spec.engine.model_dump(mode="json"),
+        "relax": spec.relax.model_dump(mode="json") if spec.engine.relax != "none" else None,
+        "md": material.md.model_dump(mode="json"),
+        "supercell_matrix": material.supercell_matrix,
+        "vasp_incar": material.vasp_incar
+        if "vasp" in (spec.engine.md, spec.engine.relax)
+        else None,
+        "extra": dict(extra) if extra else None,
+    }
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
