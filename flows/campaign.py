@@ -10,8 +10,6 @@ supercell exists.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 from ionflow.makers.analysis import AnalysisMaker, ArrheniusMaker, SummaryMaker
@@ -19,21 +17,6 @@ from ionflow.makers.md import MLMDMaker
 from ionflow.makers.relax import RelaxMaker
 from ionflow.makers.supercell import SupercellMaker
 from jobflow import Flow, Maker
-
-
-def run_fingerprint(structure, engine: dict, md: dict, variant: str, temperature_k: float) -> str:
-    """Stable hash of what determines one MD run (for idempotent submission)."""
-    payload = {
-        "structure": [
-            [s.species_string, *(round(float(x), 5) for x in s.frac_coords)] for s in structure
-        ],
-        "lattice": [[round(float(x), 5) for x in row] for row in structure.lattice.matrix],
-        "engine": engine,
-        "md": md,
-        "variant": variant,
-        "temperature_k": float(temperature_k),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -8,13 +8,11 @@ engines, MD and analysis settings — so that submitting the same file again add
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from ionflow.errors import UserInputError
-from ionflow.spec import CampaignSpec, ResolvedMaterial
+from ionflow.spec import CampaignSpec, ResolvedMaterial, campaign_fingerprint
 
 ML_ENGINES = ("chgnet", "mace", "m3gnet", "sevennet", "toy")
 
@@ -30,20 +28,13 @@ class PlannedMaterial:
 
 
 def material_fingerprint(spec: CampaignSpec, mat: ResolvedMaterial) -> str:
-    """Hash of everything that determines a material's results."""
-    s = mat.structure
-    payload = {
+    """Hash of everything that determines a material's results in this campaign."""
+    extra = {
         "campaign": spec.campaign,
         "material": mat.name,
-        "mobile": spec.mobile_species,
-        "structure": [[x.species_string, *(round(float(c), 5) for c in x.frac_coords)] for x in s],
-        "lattice": [[round(float(c), 5) for c in row] for row in s.lattice.matrix],
-        "engine": spec.engine.model_dump(mode="json"),
-        "relax": spec.relax.model_dump(mode="json"),
-        "md": mat.md.model_dump(mode="json"),
         "analysis": spec.analysis.model_dump(mode="json"),
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+    return campaign_fingerprint(spec, mat, extra)[:20]
 
 
 def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path):

@@ -25,7 +25,7 @@ app = typer.Typer(
 def _register() -> None:
     # imported for their side effect of adding commands to `app`
     import ionflow.cli.campaign_cmds  # noqa: F401
-    from ionflow.cli import analysis_cmds  # noqa: F401
+    from ionflow.cli import analysis_cmds, run_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,10 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("aborted", file=sys.stderr)
         raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # usage errors (typer bundles its own click: match by interface, not class)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code") and hasattr(exc, "format_message"):
             exc.show()
             raise SystemExit(2) from None
         raise
