@@ -100,12 +100,18 @@ def _child_pymatgen(path: Path) -> dict:
     displacements[:, 0, :] = 0.0
     block = 16
     for a0 in range(0, n_atoms, block):
-        frac = positions[:, a0 : a0 + block].astype(np.float64) @ inv_lattice
-        step = np.diff(frac, axis=0)
+        # (atoms, frames, 3) float64 block, then one BLAS product each way
+        cart = np.ascontiguousarray(positions[:, a0 : a0 + block].transpose(1, 0, 2), np.float64)
+        b = cart.shape[0]
+        frac = (cart.reshape(-1, 3) @ inv_lattice).reshape(b, n_frames, 3)
+        del cart
+        step = np.diff(frac, axis=1)
         del frac
         step -= np.round(step)
-        np.cumsum(step, axis=0, out=step)
-        displacements[a0 : a0 + block, 1:, :] = (step @ lattice).transpose(1, 0, 2)
+        np.cumsum(step, axis=1, out=step)
+        displacements[a0 : a0 + b, 1:, :] = (step.reshape(-1, 3) @ lattice).reshape(
+            b, n_frames - 1, 3
+        )
         del step
     structure = Structure(
         Lattice(lattice), species, positions[0].astype(np.float64), coords_are_cartesian=True
