@@ -53,9 +53,11 @@ class RelaxMaker(Maker):
                 relax_kwargs={"fmax": self.fmax_ev_a},
             )
             return maker.make(structure)
-        return relax_with_ase(
-            structure, self.engine, self.fmax_ev_a, self.max_steps, self.relax_cell, name=self.name
+        relax = relax_with_ase(
+            structure, self.engine, self.fmax_ev_a, self.max_steps, self.relax_cell
         )
+        relax.name = self.name
+        return relax
 
 
 @job

@@ -126,5 +126,9 @@ def submit(lp, planned: list[PlannedMaterial], campaign: str) -> dict[str, list[
     for p in planned:
         (added if p.material.name in fresh else reused).append(p.material.name)
     if workflows:
-        lp.bulk_add_wfs(workflows)
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):  # FireWorks draws a tqdm bar here
+            lp.bulk_add_wfs(workflows)
     return {"added": added, "reused": reused}

@@ -199,7 +199,7 @@ def run_campaign(
     from ionflow.spec import load_campaign
     from ionflow.store import reset_launchpad_if_new, resolve_database
 
-    spec_path = Path(spec_path)
+    spec_path = Path(spec_path).resolve()
     spec, materials = load_campaign(spec_path)  # raises before anything is touched
     data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
     project = Project(data_dir)
@@ -208,6 +208,7 @@ def run_campaign(
     db = resolve_database(settings)
     echo(f"database: {db.description}")
     lp = db.launchpad()
+    lp.m_logger.setLevel(logging.WARNING)
     reset_launchpad_if_new(lp)
     with project_lock(data_dir):
         recovered = recover_interrupted(lp, spec.campaign) if not submit_only else {}
@@ -223,24 +224,27 @@ def run_campaign(
             + (f": {', '.join(result['reused'])}" if result["reused"] else "")
         )
         result["recovered"] = recovered
+        result["spec"] = spec
+        result["database"] = db
         if submit_only:
             return result
         project.launch_dir.mkdir(parents=True, exist_ok=True)
         fworker = db.fworker(name="ionflow-local", query={"spec.ionflow_campaign": spec.campaign})
         from fireworks.core.rocket_launcher import rapidfire
 
-        for name in ("launcher", "rocket.launcher", "jobflow"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        with _Display(lp, spec.campaign, project.run_root, progress and sys.stderr.isatty()):
-            rapidfire(
-                lp,
-                fworker=fworker,
-                m_dir=str(project.launch_dir),
-                nlaunches=0,
-                sleep_time=1,
-                strm_lvl="WARNING",
-                local_redirect=True,
-            )
+        logging.disable(logging.INFO)  # FireWorks/jobflow chatter; the display shows progress
+        try:
+            with _Display(lp, spec.campaign, project.run_root, progress and sys.stderr.isatty()):
+                rapidfire(
+                    lp,
+                    fworker=fworker,
+                    m_dir=str(project.launch_dir),
+                    nlaunches=0,
+                    sleep_time=1,
+                    strm_lvl="WARNING",
+                    local_redirect=True,
+                )
+        finally:
+            logging.disable(logging.NOTSET)
         result["states"] = {m: dict(c) for m, c in campaign_states(lp, spec.campaign).items()}
-        result["database"] = db
         return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -105,21 +104,19 @@ def _database(store):
 
 def put_npz(store, npz_path: Path, metadata: dict) -> TrajectoryRef:
     """Upload ``npz_path`` to GridFS (when the store is a real MongoDB) and describe it."""
+    from ionflow.analysis.readers import open_trajectory
+
+    info = open_trajectory(str(npz_path)).info
     data = Path(npz_path).read_bytes()
-    with zipfile.ZipFile(io.BytesIO(data)) as zf, zf.open("positions.npy") as fh:
-        version = np.lib.format.read_magic(fh)
-        shape, _, _ = np.lib.format._read_array_header(fh, version)
-    with np.load(io.BytesIO(data)) as z:
-        dt, temp = float(z["time_step_fs"]), float(z["temperature_k"])
     ref = TrajectoryRef(
         filename=Path(npz_path).name,
         local_path=str(Path(npz_path).resolve()),
         sha256=hashlib.sha256(data).hexdigest(),
         size_bytes=len(data),
-        n_frames=int(shape[0]),
-        n_atoms=int(shape[1]),
-        frame_interval_fs=dt,
-        temperature_k=temp,
+        n_frames=info.n_frames,
+        n_atoms=len(info.species),
+        frame_interval_fs=info.frame_interval_fs,
+        temperature_k=info.temperature_k,
     )
     db = _database(store) if store is not None else None
     if db is not None:

@@ -124,9 +124,7 @@ def run_cmd(
             "last MD checkpoints"
         )
         raise typer.Exit(130) from None
-    from ionflow.spec import load_campaign
-
-    spec, _ = load_campaign(spec_file)
+    spec = result["spec"]
     states = result.get("states", {})
     bad = {m: c for m, c in states.items() if c.get("FIZZLED")}
     summaries = load_summaries(result["database"], spec.campaign)
