@@ -53,6 +53,14 @@ class ArrheniusFit(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
+def _temp_label(t) -> str:
+    """'600 K' for a number; a missing/odd temperature must still reach the > 0 K check."""
+    try:
+        return f"{float(t):g} K"
+    except (TypeError, ValueError):
+        return f"{t!r} K"
+
+
 def fit_arrhenius(
     temperatures_k: Sequence[float],
     diffusivities_cm2_s: Sequence[float | None],
@@ -80,7 +88,7 @@ def fit_arrhenius(
         raise UserInputError(f"temperature must be > 0 K, got {at_temperature_k}")
     n_all = len(temperatures_k)
     errs = list(errors_cm2_s) if errors_cm2_s is not None else [None] * n_all
-    labels = list(labels) if labels is not None else [f"{t:g} K" for t in temperatures_k]
+    labels = list(labels) if labels is not None else [_temp_label(t) for t in temperatures_k]
     if len(diffusivities_cm2_s) != n_all or len(errs) != n_all:
         raise UserInputError("temperatures, diffusivities and errors must have the same length")
     temps, ds, es, excluded = [], [], [], []
