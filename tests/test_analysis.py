@@ -21,7 +21,7 @@ from ionflow.analysis.diffusion import select_atoms
 from ionflow.analysis.msd import DisplacementAccumulator, brownian_slope_variance, msd_fft
 from ionflow.analysis.synthetic import caged_trajectory, hopping_trajectory
 
-PEER_DIR = Path("/work/shared/data/pymatgen-analysis-diffusion")
+PEER_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "pymatgen-analysis-diffusion"
 LGPS_JSON = PEER_DIR / "DiffusionAnalyzer.json"
 NA3PS4_NPY = PEER_DIR / "cNa3PS4_trajectories.npy"
 NA3PS4_CIF = PEER_DIR / "cNa3PS4.cif"

@@ -14,7 +14,13 @@ from ionflow.analysis import analyze_arrays
 from ionflow.analysis.synthetic import caged_trajectory, hopping_trajectory
 
 IONFLOW = Path("/work/main/.venv/bin/ionflow")
-LGPS_JSON = Path("/work/shared/data/pymatgen-analysis-diffusion/DiffusionAnalyzer.json")
+LGPS_JSON = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "data"
+    / "pymatgen-analysis-diffusion"
+    / "DiffusionAnalyzer.json"
+)
 K_EV = 8.617333262e-5  # eV/K
 
 # pymatgen-analysis-diffusion's own test asserts these for DiffusionAnalyzer.json

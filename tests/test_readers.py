@@ -26,7 +26,7 @@ from ionflow.analysis.readers import (
 )
 from ionflow.errors import UserInputError
 
-DATA = Path("/work/shared/data/pymatgen-analysis-diffusion")
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "pymatgen-analysis-diffusion"
 SPECIES = ["Li", "Li", "P", "O", "O", "O", "Li", "S"]  # non-contiguous Li groups
 N_ATOMS = len(SPECIES)
 N_FRAMES = 7

@@ -3,11 +3,17 @@
 The fit window rule (``fit="ionflow"``, the default)
 ---------------------------------------------------
 Let ``T`` be the analysed duration (production only). The MSD is fitted on lags
-``[t_start, t_end]`` with ``t_end = T/2`` (beyond that fewer than half the frames
-serve as time origins) and ``t_start = max(T/10, min(1 ps, T/4))``: at least 1 ps
-(past the ballistic and vibrational "cage" regime of Li-type ions, ~0.1–1 ps)
-unless the run is too short for that, and never the first tenth of the lags. The
-window is reported (``fit_window_ps``) and can be overridden. The slope is an
+``[t_start, t_end]`` with
+
+* ``t_start = min(max(1 ps, T/20), T/4, 10 ps)`` — past the ballistic and vibrational
+  "cage" regime of Li-type ions (~0.1–1 ps) and the first hops, without throwing away
+  the start of short runs;
+* ``t_end = max(min(T/2, 50 ps), 5·t_start)`` capped at ``T/2`` — lags beyond ``T/2``
+  have fewer than half the frames as time origins, and a window that grew with ``T``
+  would keep the relative error constant however long the run: with the 50 ps cap
+  the error of long (ns) ML-potential runs keeps shrinking as ``√(t_end/T)``.
+
+The window is reported (``fit_window_ps``) and can be overridden. The slope is an
 ordinary least-squares fit of MSD(t) = 6·D·t + c on up to 200 evenly spaced lags
 (the intercept absorbs the rattling amplitude).
 
@@ -180,15 +186,15 @@ def _student_factor(n: int) -> float:
     """Ratio of the 1σ-equivalent Student-t quantile to the normal one (few ions)."""
     if n < 2:
         return float("nan")
-    from scipy.stats import t as student_t
+    from scipy.special import stdtrit  # (scipy.stats takes seconds to import)
 
-    return float(student_t.ppf(0.841344746, n - 1))
+    return float(stdtrit(n - 1, 0.841344746))
 
 
 def default_window_ps(duration_ps: float) -> tuple[float, float]:
     """The documented fit window rule (see module docstring)."""
-    t_end = 0.5 * duration_ps
-    t_start = max(0.1 * duration_ps, min(1.0, 0.25 * duration_ps))
+    t_start = min(max(1.0, duration_ps / 20.0), duration_ps / 4.0, 10.0)
+    t_end = min(max(min(duration_ps / 2.0, 50.0), 5.0 * t_start), duration_ps / 2.0)
     return t_start, t_end
 
 

@@ -83,8 +83,9 @@ class Displacements:
     first_volume_a3
         Volume of the first frame, Å³.
     max_reference_rms_a
-        Largest RMS displacement (after drift removal) of the reference atoms over
-        the run, Å — a melting / framework-breakdown diagnostic.
+        Largest RMS displacement (after drift removal) of the reference atoms,
+        sampled at the end of every chunk of frames, Å — a melting /
+        framework-breakdown diagnostic.
     """
 
     mobile: np.ndarray
@@ -139,13 +140,15 @@ class DisplacementAccumulator:
             reference_weights = np.ones(len(self.reference_indices))
         w = np.asarray(reference_weights, dtype=np.float64)
         self._ref_w = w / w.sum() if w.size else w
+        self._ref_w_full = np.zeros(self.n_atoms)
+        self._ref_w_full[self.reference_indices] = self._ref_w
+        self._all_last = np.zeros((self.n_atoms, 3))  # unwrapped displacement, all atoms
+        self._mobile_last = np.zeros((len(self.mobile_indices), 3))
+        self._drift_last = np.zeros(3)
         self._buf = np.zeros((max(int(n_frames_hint), 1), len(self.mobile_indices), 3), np.float32)
         self._drift = np.zeros((self._buf.shape[0], 3), np.float64)
         self._n = 0
         self._prev_frac: np.ndarray | None = None
-        self._unwrapped: np.ndarray | None = (
-            None  # current unwrapped Cartesian displacement, all atoms
-        )
         self._vol_sum = 0.0
         self._first_vol = float("nan")
         self._max_ref_ms = 0.0
@@ -163,40 +166,49 @@ class DisplacementAccumulator:
     def add_chunk(self, positions: np.ndarray, lattices: np.ndarray) -> None:
         """Add frames: positions (k, n_atoms, 3) Cartesian Å; lattices (k, 3, 3) or (3, 3)."""
         pos = np.asarray(positions, dtype=np.float64)
-        k = pos.shape[0]
+        k, n_atoms = pos.shape[0], pos.shape[1]
         if k == 0:
             return
         lat = np.asarray(lattices, dtype=np.float64)
-        if lat.ndim == 2:
-            lat = np.broadcast_to(lat, (k, 3, 3))
-        inv = np.linalg.inv(lat)
-        frac = np.einsum("fai,fij->faj", pos, inv)
-        vols = np.abs(np.linalg.det(lat))
+        if lat.ndim == 3 and np.all(lat == lat[0]):
+            lat = lat[0]
+        if lat.ndim == 2:  # constant cell: plain BLAS products
+            inv = np.linalg.inv(lat)
+            frac = (pos.reshape(-1, 3) @ inv).reshape(k, n_atoms, 3)
+            vols = np.full(k, abs(np.linalg.det(lat)))
+        else:  # per-frame cell (NPT)
+            frac = np.einsum("fai,fij->faj", pos, np.linalg.inv(lat))
+            vols = np.abs(np.linalg.det(lat))
         if self._prev_frac is None:
             self._first_vol = float(vols[0])
             prev = frac[:1]
-            unwrapped0 = np.zeros((self.n_atoms, 3))
         else:
             prev = self._prev_frac[None]
-            unwrapped0 = self._unwrapped
         dfrac = np.diff(np.concatenate([prev, frac], axis=0), axis=0)
         dfrac -= np.round(dfrac)
-        steps = np.einsum("fai,fij->faj", dfrac, lat)
-        unwrapped = unwrapped0[None] + np.cumsum(steps, axis=0)
+        if lat.ndim == 2:
+            steps = (dfrac.reshape(-1, 3) @ lat).reshape(k, n_atoms, 3)
+        else:
+            steps = np.einsum("fai,fij->faj", dfrac, lat)
+        # drift = cumulative weighted mean step of the reference atoms (no per-atom cumsum)
         if self._ref_w.size:
-            drift = np.einsum("fai,a->fi", unwrapped[:, self.reference_indices], self._ref_w)
+            drift = np.cumsum(np.tensordot(steps, self._ref_w_full, axes=([1], [0])), axis=0)
         else:
             drift = np.zeros((k, 3))
+        drift += self._drift_last[None]
+        mobile = np.cumsum(steps[:, self.mobile_indices], axis=0)
+        mobile += self._mobile_last[None]
         self._grow(self._n + k)
-        self._buf[self._n : self._n + k] = unwrapped[:, self.mobile_indices] - drift[:, None, :]
+        self._buf[self._n : self._n + k] = mobile - drift[:, None, :]
         self._drift[self._n : self._n + k] = drift
-        if self.reference_indices.size:
-            ref = unwrapped[:, self.reference_indices] - drift[:, None, :]
-            ms = (ref**2).sum(axis=2).mean(axis=1)
-            self._max_ref_ms = max(self._max_ref_ms, float(ms.max()))
+        self._all_last += steps.sum(axis=0)
+        self._mobile_last = mobile[-1]
+        self._drift_last = drift[-1]
+        if self.reference_indices.size:  # framework diagnostic, sampled at chunk ends
+            ref = self._all_last[self.reference_indices] - drift[-1]
+            self._max_ref_ms = max(self._max_ref_ms, float(np.mean(np.sum(ref**2, axis=1))))
         self._n += k
         self._prev_frac = frac[-1]
-        self._unwrapped = unwrapped[-1]
         self._vol_sum += float(vols.sum())
 
     def result(self, frame_interval_fs: float) -> Displacements:
