@@ -57,9 +57,9 @@ class MaterialCampaignMaker(Maker):
         """The flow of ``material`` starting from ``structure``."""
         from dataclasses import replace
 
-        jobs = []
+        jobs, md_jobs, relax_job = [], [], None
         if self.relax_maker is not None:
-            relax = self.relax_maker.make(structure)
+            relax = relax_job = self.relax_maker.make(structure)
             relax.append_name(f" {material}")
             jobs.append(relax)
             start = relax.output.structure
@@ -89,6 +89,7 @@ class MaterialCampaignMaker(Maker):
                 for j in (md, an):
                     j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": float(t)})
                 jobs += [md, an]
+                md_jobs.append(md)
                 analyses[v].append(an.output)
         fits = {}
         for v in variants:
@@ -127,6 +128,9 @@ class MaterialCampaignMaker(Maker):
             },
         )
         jobs.append(summary)
+        kinds = {id(relax_job): "relax", **{id(m): "md" for m in md_jobs}}
         for j in jobs:
             j.update_metadata({"ionflow_material": material, **(metadata or {})})
+            # FireWorks category per job kind: each Slurm profile's worker pulls only its kind
+            j.update_config({"manager_config": {"_category": kinds.get(id(j), "analysis")}})
         return Flow(jobs, output=summary.output, name=f"{self.campaign}: {material}")

@@ -28,61 +28,62 @@ def _fmt_pm(x, e, spec=".3g"):
 
 
 def summary_table(summaries: list[dict]):
-    """Rich table: per material, free and pinned D/σ per T, Ea, σ(300 K)."""
+    """Rich table (per material, free and pinned D/σ per T, Ea, σ(300 K)) and its notes."""
     from rich.table import Table
 
-    tab = Table(title="ionflow campaign summary", show_lines=True)
+    tab = Table(title="ionflow campaign summary")
     for col in (
         "material",
         "variant",
         "T (K)",
         "regime",
-        "D (cm²/s)",
+        "D* (cm²/s)",
         "σ (mS/cm)",
-        "Haven",
+        "H_R",
         "Ea (eV)",
         "σ(300 K) mS/cm [68 %]",
     ):
-        tab.add_column(col)
+        tab.add_column(col, no_wrap=col != "material")
+    notes = []
     for s in summaries:
         for key in ("free", "pinned"):
             v = s.get(key)
             if v is None:
-                if key == "pinned":
-                    tab.add_row(
-                        s["material"],
-                        "pinned",
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                        "",
-                        f"no pinned run: {s['pinned_reason']}",
-                    )
+                notes.append(f"{s['material']}: no pinned run — {s['pinned_reason']}")
                 continue
             iv = v.get("sigma_300k_interval_ms_cm")
-            ea = _fmt_pm(v.get("ea_ev"), v.get("ea_err_ev"), ".3f")
             s300 = (
                 f"{v['sigma_300k_ms_cm']:.3g} [{iv[0]:.2g}, {iv[1]:.2g}]"
                 if v.get("sigma_300k_ms_cm") is not None and iv
-                else (v.get("arrhenius_note") or "—")
+                else "—"
             )
+            if v.get("arrhenius_note"):
+                notes.append(f"{s['material']} {key}: {v['arrhenius_note']}")
             for i, r in enumerate(v["runs"]):
+                first = i == 0
                 tab.add_row(
-                    s["material"] if i == 0 else "",
-                    key if i == 0 else "",
+                    s["material"] if first and key == "free" else "",
+                    key if first else "",
                     f"{r['temperature_k']:g}",
                     r["regime"],
                     _fmt_pm(r.get("diffusivity_cm2_s"), r.get("diffusivity_err_cm2_s")),
                     _fmt_pm(r.get("conductivity_ms_cm"), r.get("conductivity_err_ms_cm")),
                     _fmt_pm(r.get("haven_ratio"), r.get("haven_ratio_err"), ".2f"),
-                    ea if i == 0 else "",
-                    s300 if i == 0 else "",
+                    _fmt_pm(v.get("ea_ev"), v.get("ea_err_ev"), ".3f") if first else "",
+                    s300 if first else "",
+                    end_section=(i == len(v["runs"]) - 1),
                 )
         if s.get("pinned") is not None:
-            tab.add_row(s["material"], "verdict", "", "", "", "", "", "", s["pinned_verdict"])
-    return tab
+            notes.append(f"{s['material']} free vs pinned: {s['pinned_verdict']}")
+    return tab, notes
+
+
+def print_summaries(con, summaries: list[dict]) -> None:
+    """Print the summary table and its notes."""
+    tab, notes = summary_table(summaries)
+    con.print(tab)
+    for n in notes:
+        con.print(f"• {n}")
 
 
 def load_summaries(db, campaign: str) -> list[dict]:
@@ -109,6 +110,8 @@ def run_cmd(
     from ionflow.dispatch import run_campaign
 
     con = Console()
+    if not con.is_terminal:
+        con = Console(width=160)
     try:
         result = run_campaign(
             spec_file,
@@ -129,7 +132,7 @@ def run_cmd(
     bad = {m: c for m, c in states.items() if c.get("FIZZLED")}
     summaries = load_summaries(result["database"], spec.campaign)
     if summaries:
-        con.print(summary_table(summaries))
+        print_summaries(con, summaries)
     for m, c in bad.items():
         con.print(f"[red]{m}: {c['FIZZLED']} job(s) failed[/] — see `ionflow status {spec_file}`")
     if bad:
