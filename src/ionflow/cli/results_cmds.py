@@ -1,0 +1,284 @@
+"""``ionflow query``, ``ionflow report``, ``ionflow export`` and ``ionflow export-trajectory``.
+
+All four read an existing project's database: ``--data-dir`` (default ``./ionflow-data``;
+its embedded server is started if it is not running, but a directory without a database
+is an error, never silently initialised), or ``--uri`` / ``--launchpad``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ionflow.cli import app
+from ionflow.errors import UserInputError
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Project data directory with the embedded database (default ./ionflow-data)"
+    ),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="IONFLOW_DB_URI", help="MongoDB URI (default: the embedded server)", show_envvar=True
+    ),
+]
+LaunchpadOpt = Annotated[Path | None, typer.Option(help="FireWorks my_launchpad.yaml")]
+CampaignOpt = Annotated[str | None, typer.Option(help="Only this campaign")]
+
+OUTPUT_FORMATS = ("table", "json", "csv")
+
+
+def _open(data_dir: Path | None, uri: str | None, launchpad: Path | None):
+    """The project's database with the summaries' indexes in place."""
+    from pymongo.errors import OperationFailure
+
+    from ionflow import results
+
+    db = results.open_database(data_dir, uri, launchpad)
+    try:
+        results.ensure_indexes(db)
+    except OperationFailure:  # e.g. a read-only account: queries still work, only slower
+        pass
+    return db
+
+
+def _no_match_message(db, campaign: str | None) -> str:
+    from ionflow import results
+
+    campaigns = results.known_campaigns(db)
+    if not campaigns:
+        where = getattr(db, "description", "the database")
+        return f"no summaries stored in {where} yet (a campaign's summary job writes them)"
+    if campaign is not None and campaign not in campaigns:
+        return f"no summaries of campaign {campaign!r}; campaigns: {', '.join(campaigns)}"
+    return "no material matches the filters"
+
+
+def _fmt_pm(x: float | None, e: float | None, spec: str) -> str:
+    if x is None:
+        return "—"
+    return f"{x:{spec}}" + (f" ± {e:{spec}}" if e is not None else "")
+
+
+def _sigma_text(s) -> str:
+    from ionflow.results import format_number
+
+    if s.sigma_300k_ms_cm is None:
+        return "—"
+    text = format_number(s.sigma_300k_ms_cm)
+    if s.sigma_300k_low_ms_cm is not None and s.sigma_300k_high_ms_cm is not None:
+        lo, hi = format_number(s.sigma_300k_low_ms_cm, 2), format_number(s.sigma_300k_high_ms_cm, 2)
+        text += f" [{lo}, {hi}]"
+    return text
+
+
+def results_table(summaries, title: str):
+    """Rich table of query results (one row per material)."""
+    from rich.table import Table
+
+    from ionflow.results import regimes_text
+
+    tab = Table(title=title)
+    for col, kw in (
+        ("material", {"style": "bold", "no_wrap": True}),
+        ("formula", {}),
+        ("campaign", {}),
+        ("engine", {}),
+        ("Ea (eV)", {"justify": "right"}),
+        ("σ(300 K) mS/cm [68 %]", {"justify": "right"}),
+        ("regimes (free)", {}),
+        ("pinned verdict", {"overflow": "fold"}),
+    ):
+        tab.add_column(col, **kw)
+    for s in summaries:
+        tab.add_row(
+            s.material,
+            s.formula,
+            s.campaign,
+            s.engine_md,
+            _fmt_pm(s.ea_ev, s.ea_err_ev, ".3f"),
+            _sigma_text(s),
+            regimes_text(s),
+            s.pinned_verdict,
+        )
+    return tab
+
+
+def _write_text(text: str, out: Path | None) -> None:
+    if out is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
+def _serialise(summaries, fmt: str) -> str:
+    import io
+
+    from ionflow import results
+
+    buf = io.StringIO()
+    if fmt == "csv":
+        results.summaries_to_csv(summaries, buf)
+    else:
+        results.summaries_to_json(summaries, buf)
+    return buf.getvalue()
+
+
+@app.command("query")
+def query_cmd(
+    campaign: CampaignOpt = None,
+    formula: Annotated[str | None, typer.Option(help="Reduced formula, e.g. Li3PS4")] = None,
+    chemsys: Annotated[str | None, typer.Option(help="Exact chemical system, e.g. Li-P-S")] = None,
+    elements: Annotated[
+        str | None, typer.Option(help="Elements that must all be present, e.g. Li,P,S")
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="MD engine, e.g. chgnet")] = None,
+    sigma_min_ms_cm: Annotated[
+        float | None, typer.Option(help="Minimum σ(300 K), mS/cm (free variant)")
+    ] = None,
+    sigma_max_ms_cm: Annotated[float | None, typer.Option(help="Maximum σ(300 K), mS/cm")] = None,
+    ea_min_ev: Annotated[float | None, typer.Option(help="Minimum Ea, eV")] = None,
+    ea_max_ev: Annotated[float | None, typer.Option(help="Maximum Ea, eV")] = None,
+    regime: Annotated[
+        str | None,
+        typer.Option(help="A free run has this regime: diffusive | caged | insufficient"),
+    ] = None,
+    pinned_verdict: Annotated[
+        str | None,
+        typer.Option(
+            help="lowers | mixed | no significant | none | inconclusive, or any text in the "
+            "free-vs-pinned verdict"
+        ),
+    ] = None,
+    sort: Annotated[
+        str,
+        typer.Option(
+            help="Sort field: sigma_300k_ms_cm (sigma), ea_ev (ea), pinned_ea_ev, material, "
+            "formula, chemsys, campaign, engine_md (engine), … (a wrong name lists them all)"
+        ),
+    ] = "sigma_300k_ms_cm",
+    asc: Annotated[bool, typer.Option("--asc", help="Ascending (default: descending)")] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many materials")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Find materials by composition, engine, σ(300 K), Ea, regime or pinned verdict."""
+    from ionflow import results
+
+    fmt = fmt.lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise UserInputError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}; got {fmt!r}")
+    filters = dict(
+        campaign=campaign,
+        formula=formula,
+        chemsys=chemsys,
+        elements=elements,
+        engine=engine,
+        sigma_min_ms_cm=sigma_min_ms_cm,
+        sigma_max_ms_cm=sigma_max_ms_cm,
+        ea_min_ev=ea_min_ev,
+        ea_max_ev=ea_max_ev,
+        regime=regime,
+        pinned_verdict=pinned_verdict,
+    )
+    # validate everything before touching (or starting) a database
+    results.build_filter(**filters)
+    results.resolve_sort(sort)
+    if limit is not None and limit < 1:
+        raise UserInputError(f"--limit must be ≥ 1, got {limit}")
+    db = _open(data_dir, uri, launchpad)
+    found = results.query_summaries(db, **filters, sort=sort, descending=not asc, limit=limit)
+    if not found:
+        print(_no_match_message(db, campaign), file=sys.stderr)
+    if fmt != "table":
+        _write_text(_serialise(found, fmt), None)
+        return
+    if found:
+        from rich.console import Console
+
+        order = "ascending" if asc else "descending"
+        title = f"{len(found)} material(s), by {results.resolve_sort(sort)} {order}"
+        Console().print(results_table(found, title))
+
+
+@app.command("report")
+def report_cmd(
+    out: Annotated[Path, typer.Option(help="Output directory (index.html, report.md, figures/)")],
+    campaign: CampaignOpt = None,
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Write an HTML + Markdown report: summary table, Arrhenius and MSD plots, notes."""
+    from ionflow.report import write_report
+
+    db = _open(data_dir, uri, launchpad)
+    paths = write_report(db, out, campaign=campaign)
+    print(
+        f"report of {paths.n_materials} material(s): {paths.html} (self-contained), {paths.markdown}"
+    )
+
+
+@app.command("export")
+def export_cmd(
+    fmt: Annotated[str, typer.Option("--format", help="csv (flat columns) | json (full)")] = "csv",
+    campaign: CampaignOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Output file (default: stdout)")] = None,
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Export the summaries (all, or one campaign's) as CSV or JSON."""
+    from ionflow import results
+
+    fmt = fmt.lower()
+    if fmt not in ("csv", "json"):
+        raise UserInputError(f"--format must be csv or json; got {fmt!r}")
+    db = _open(data_dir, uri, launchpad)
+    found = results.query_summaries(db, campaign=campaign, sort="campaign", descending=False)
+    if not found:
+        print(_no_match_message(db, campaign), file=sys.stderr)
+    _write_text(_serialise(found, fmt), out)
+    if out is not None:
+        print(f"wrote {len(found)} summaries to {out}", file=sys.stderr)
+
+
+@app.command("export-trajectory")
+def export_trajectory_cmd(
+    campaign: Annotated[str, typer.Option(help="Campaign")],
+    material: Annotated[str, typer.Option(help="Material name")],
+    temperature_k: Annotated[float, typer.Option(help="Run temperature, K")],
+    out: Annotated[Path, typer.Option(help="Output .extxyz file")],
+    variant: Annotated[str, typer.Option(help="free | pinned")] = "free",
+    every: Annotated[int, typer.Option(help="Write every N-th frame")] = 1,
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Convert one MD run's stored trajectory to extended XYZ (streamed frame by frame)."""
+    from ionflow import results
+
+    if variant not in ("free", "pinned"):
+        raise UserInputError(f"--variant must be free or pinned; got {variant!r}")
+    db = results.open_database(data_dir, uri, launchpad)
+    n = results.export_trajectory_extxyz(
+        db,
+        out,
+        campaign=campaign,
+        material=material,
+        variant=variant,
+        temperature_k=temperature_k,
+        every=every,
+    )
+    print(f"wrote {n} frames to {out}")

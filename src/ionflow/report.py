@@ -1,0 +1,529 @@
+"""A campaign report: one self-contained HTML page plus a Markdown version.
+
+``write_report(source, out_dir)`` writes
+
+* ``out_dir/index.html`` -- summary table, then per material: the Arrhenius plot (free and
+  pinned fits on the same axes, 300 K extrapolation with its 68 %/95 % bars), the σ(300 K)
+  extrapolation with its intervals, the free-vs-pinned comparison per temperature, the MSD
+  plots of every run, and notes (caged/insufficient runs, missing pinned control, fit
+  caveats, analysis warnings). Images are embedded as base64 PNG and there is no script,
+  font or style sheet from elsewhere: the file opens anywhere on its own;
+* ``out_dir/report.md`` -- the same content in Markdown, images referenced relatively as
+  ``figures/*.png`` (so zip the directory);
+* ``out_dir/figures/*.png`` -- the figures.
+
+Summaries come from the ``summaries`` collection, MSD curves from the analysis job outputs
+in the JobStore (see :func:`ionflow.results.iter_run_analyses`).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import html
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ionflow.errors import UserInputError
+from ionflow.results import (
+    RunAnalysis,
+    format_number,
+    iter_run_analyses,
+    known_campaigns,
+    query_summaries,
+    regimes_text,
+)
+from ionflow.summary import MaterialSummary
+
+__all__ = ["Figure", "MaterialSection", "ReportPaths", "build_sections", "write_report"]
+
+FIGURES_DIR = "figures"
+MSD_COLUMNS = 3
+
+
+@dataclass
+class Figure:
+    """A rendered PNG."""
+
+    filename: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class MaterialSection:
+    """Everything the report shows for one material."""
+
+    summary: MaterialSummary
+    anchor: str
+    runs: list[RunAnalysis]
+    figures: list[Figure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReportPaths:
+    """What :func:`write_report` wrote."""
+
+    html: Path
+    markdown: Path
+    figures: list[Path]
+    n_materials: int
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _g(x: float | None, digits: int = 3) -> str:
+    return format_number(x, digits)
+
+
+def _pm(x: float | None, e: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    return _g(x, digits) + (f" ± {_g(e, 2)}" if e is not None else "")
+
+
+def _ea(x: float | None, e: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.3f}" + (f" ± {e:.3f}" if e is not None else "")
+
+
+def _interval(iv: tuple[float, float] | None) -> str:
+    return "—" if not iv else f"[{_g(iv[0], 2)}, {_g(iv[1], 2)}]"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _arrhenius_figure(s: MaterialSummary, stem: str, dpi: int) -> Figure | None:
+    from ionflow.analysis.plots import plot_arrhenius
+
+    fits = [
+        (label, v.arrhenius)
+        for label, v in (("free", s.free), ("pinned", s.pinned))
+        if v is not None and v.arrhenius is not None
+    ]
+    if not fits:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=dpi)
+    plot_arrhenius(fits, ax=ax)
+    ax.set_title(f"{s.material} ({s.formula}) — " + ax.get_title(), fontsize=9)
+    fig.tight_layout()
+    labels = " and ".join(label for label, _ in fits)
+    return Figure(
+        f"{stem}_arrhenius.png",
+        f"Arrhenius plot of {s.material}: {labels} D(T) with 1σ error bars, weighted fit, and "
+        f"the extrapolation to {fits[0][1].at_temperature_k:g} K (◇; thick bar 68 %, thin 95 %).",
+        _png(fig),
+    )
+
+
+def _msd_figure(
+    s: MaterialSummary, variant: str, runs: list[RunAnalysis], stem: str, dpi: int
+) -> Figure:
+    from ionflow.analysis.plots import plot_msd
+
+    plt = _pyplot()
+    n = len(runs)
+    ncols = min(MSD_COLUMNS, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows), dpi=dpi, squeeze=False
+    )
+    for ax, run in zip(axes.flat, runs, strict=False):
+        plot_msd(run.analysis, ax=ax)
+        ax.set_title(f"{variant} — " + ax.get_title(), fontsize=8)
+        ax.legend(fontsize=6, loc="upper left")
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.suptitle(f"{s.material}: {s.mobile_species} MSD, {variant} runs", fontsize=10)
+    fig.tight_layout()
+    temps = ", ".join(f"{r.temperature_k:g} K" for r in runs)
+    return Figure(
+        f"{stem}_msd_{variant}.png",
+        f"MSD of {s.mobile_species} in {s.material}, {variant} runs at {temps}: total, 3×per "
+        "axis, MSCD, fit window (grey) and the fitted line.",
+        _png(fig),
+    )
+
+
+# ----------------------------------------------------------------------------- content
+
+
+def _notes(s: MaterialSummary, runs: list[RunAnalysis]) -> list[str]:
+    notes = [str(n) for n in (getattr(s, "notes", None) or [])]  # summary caveats (schema ≥ 1.0)
+    if s.pinned is None:
+        notes.append(f"No pinned control: {s.pinned_reason or 'not requested'}.")
+    for v in (s.free, s.pinned):
+        if v is None:
+            continue
+        for r in v.runs:
+            if r.regime != "diffusive":
+                notes.append(
+                    f"{v.variant} {r.temperature_k:g} K is {r.regime}: {r.regime_reason} "
+                    "(no D or σ reported; left out of the Arrhenius fit)."
+                )
+        if v.arrhenius is None:
+            notes.append(f"{v.variant}: no Arrhenius fit — {v.arrhenius_note or 'no data'}.")
+        elif v.arrhenius_note:
+            notes.append(f"{v.variant} Arrhenius fit: {v.arrhenius_note}.")
+    for run in runs:
+        for w in run.analysis.warnings:
+            notes.append(f"{run.variant} {run.temperature_k:g} K analysis: {w}.")
+    expected = {
+        (v.variant, r.temperature_k) for v in (s.free, s.pinned) if v is not None for r in v.runs
+    }
+    found = {(r.variant, r.temperature_k) for r in runs}
+    missing = sorted(expected - found)
+    if missing:
+        which = ", ".join(f"{v} {t:g} K" for v, t in missing)
+        notes.append(f"MSD curves not found in the JobStore for: {which}.")
+    return notes
+
+
+def build_sections(
+    source: Any, *, campaign: str | None = None, dpi: int = 100
+) -> list[MaterialSection]:
+    """Query the summaries (and their runs' analyses) and render every figure."""
+    summaries = query_summaries(source, campaign=campaign, sort="campaign", descending=False)
+    if not summaries:
+        campaigns = known_campaigns(source)
+        if campaign is not None and campaigns:
+            raise UserInputError(
+                f"no summaries of campaign {campaign!r}; campaigns: {', '.join(campaigns)}"
+            )
+        raise UserInputError("no summaries stored yet: nothing to report")
+    sections, used = [], set()
+    for s, runs in iter_run_analyses(source, summaries):
+        stem = _slug(f"{s.campaign}_{s.material}")
+        while stem in used:
+            stem += "_"
+        used.add(stem)
+        sec = MaterialSection(s, anchor=stem, runs=runs)
+        fig = _arrhenius_figure(s, stem, dpi)
+        if fig is not None:
+            sec.figures.append(fig)
+        for variant in ("free", "pinned"):
+            vr = [r for r in runs if r.variant == variant]
+            if vr:
+                sec.figures.append(_msd_figure(s, variant, vr, stem, dpi))
+        sec.notes = _notes(s, runs)
+        sections.append(sec)
+    return sections
+
+
+SUMMARY_COLUMNS = (
+    "material",
+    "formula",
+    "campaign",
+    "engine",
+    "Ea (eV)",
+    "σ(300 K) mS/cm",
+    "68 % interval",
+    "95 % interval",
+    "regimes (free)",
+    "pinned Ea (eV)",
+    "pinned verdict",
+)
+
+
+def _summary_cells(s: MaterialSummary) -> list[str]:
+    return [
+        s.material,
+        s.formula,
+        s.campaign,
+        s.engine_md,
+        _ea(s.ea_ev, s.ea_err_ev),
+        _g(s.sigma_300k_ms_cm),
+        _interval(s.free.sigma_300k_interval_ms_cm),
+        _interval(s.free.sigma_300k_interval95_ms_cm),
+        regimes_text(s),
+        _ea(s.pinned_ea_ev, s.pinned.ea_err_ev if s.pinned else None),
+        s.pinned_verdict,
+    ]
+
+
+def _extrapolation_lines(s: MaterialSummary) -> list[str]:
+    lines = []
+    for v in (s.free, s.pinned):
+        if v is None:
+            continue
+        fit = v.arrhenius
+        if fit is None:
+            lines.append(f"{v.variant}: no extrapolation ({v.arrhenius_note or 'no fit'})")
+            continue
+        t = fit.at_temperature_k
+        text = (
+            f"{v.variant}: Ea = {_ea(fit.ea_ev, fit.ea_err_ev)} eV from "
+            f"{fit.n_temperatures} temperatures ({', '.join(f'{x:g}' for x in fit.temperatures_k)}"
+            f" K); D({t:g} K) = {_g(fit.d_at_t_cm2_s)} cm²/s, 68 % "
+            f"{_interval(fit.d_at_t_interval_cm2_s)}"
+        )
+        if fit.sigma_at_t_ms_cm is not None:
+            text += (
+                f"; σ({t:g} K) = {_g(fit.sigma_at_t_ms_cm)} mS/cm, 68 % "
+                f"{_interval(fit.sigma_at_t_interval_ms_cm)}, 95 % "
+                f"{_interval(fit.sigma_at_t_interval95_ms_cm)}"
+            )
+        lines.append(text)
+    return lines
+
+
+RUN_COLUMNS = ("variant", "T (K)", "regime", "D (cm²/s)", "σ (mS/cm)", "Haven", "hops", "ps")
+
+
+def _run_cells(s: MaterialSummary) -> list[list[str]]:
+    rows = []
+    for v in (s.free, s.pinned):
+        if v is None:
+            continue
+        for r in v.runs:
+            rows.append(
+                [
+                    v.variant,
+                    f"{r.temperature_k:g}",
+                    r.regime,
+                    _pm(r.diffusivity_cm2_s, r.diffusivity_err_cm2_s),
+                    _pm(r.conductivity_ms_cm, r.conductivity_err_ms_cm),
+                    _pm(r.haven_ratio, r.haven_ratio_err, 2),
+                    f"{r.n_eff_hops:.0f}",
+                    f"{r.duration_ps:g}",
+                ]
+            )
+    return rows
+
+
+COMPARISON_COLUMNS = ("T (K)", "D_free / D_pinned", "z", "verdict")
+
+
+def _comparison_cells(s: MaterialSummary) -> list[list[str]]:
+    return [
+        [
+            f"{c.temperature_k:g}",
+            _pm(c.ratio, c.ratio_err),
+            "—" if c.z_score is None else f"{c.z_score:.1f}",
+            c.verdict,
+        ]
+        for c in s.comparisons
+    ]
+
+
+# ----------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
+max-width:1150px;color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em}h2{margin-top:2em;border-bottom:2px solid #ddd}
+table{border-collapse:collapse;margin:.8em 0;font-size:.88em}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.85em;color:#555}.meta{color:#666;font-size:.9em}
+ul.notes li{margin:.2em 0}.verdict{font-weight:600}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _html_table(columns, rows, cls: str, link_first: list[str] | None = None) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for j, cell in enumerate(row):
+            text = _e(cell)
+            if j == 0 and link_first is not None:
+                text = f'<a href="#{_e(link_first[i])}">{text}</a>'
+            klass = ' class="num"' if re.match(r"^[\d.+\-−—\[\]eE ±,×]+$", str(cell)) else ""
+            cells.append(f"<td{klass}>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>'
+        + "".join(body)
+        + "</tbody></table>"
+    )
+
+
+def _html(sections: list[MaterialSection], title: str, meta: str) -> str:
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="meta">{_e(meta)}</p>',
+        '<h2 id="summary">Summary</h2>',
+        "<p>σ(300 K) is the free-variant Arrhenius extrapolation with its 68 % and 95 % "
+        "intervals; regimes are those of the free runs.</p>",
+        _html_table(
+            SUMMARY_COLUMNS,
+            [_summary_cells(sec.summary) for sec in sections],
+            "summary",
+            [sec.anchor for sec in sections],
+        ),
+    ]
+    for sec in sections:
+        s = sec.summary
+        parts += [
+            f'<section class="material" id="{_e(sec.anchor)}">',
+            f"<h2>{_e(s.material)} — {_e(s.formula)} <small>({_e(s.campaign)})</small></h2>",
+            f'<p class="meta">engine {_e(s.engine_md)} (relax {_e(s.engine_relax)}), '
+            f"{s.n_atoms_supercell} atoms in the supercell, mobile {_e(s.mobile_species)}, "
+            f"{_e(s.anion_summary or 'no anion summary')}</p>",
+            f'<p class="verdict">Pinned control: {_e(s.pinned_verdict)}</p>',
+            "<h3>300 K extrapolation</h3><ul>",
+            *(f"<li>{_e(line)}</li>" for line in _extrapolation_lines(s)),
+            "</ul>",
+            "<h3>Runs</h3>",
+            _html_table(RUN_COLUMNS, _run_cells(s), "runs"),
+        ]
+        if s.comparisons:
+            parts += [
+                "<h3>Free vs pinned</h3>",
+                _html_table(COMPARISON_COLUMNS, _comparison_cells(s), "comparisons"),
+            ]
+        for fig in sec.figures:
+            data = base64.b64encode(fig.png).decode("ascii")
+            parts.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{_e(fig.caption)}" '
+                f'data-file="{_e(FIGURES_DIR + "/" + fig.filename)}">'
+                f"<figcaption>{_e(fig.caption)}</figcaption></figure>"
+            )
+        if sec.notes:
+            parts.append('<h3>Notes</h3><ul class="notes">')
+            parts += [f"<li>{_e(n)}</li>" for n in sec.notes]
+            parts.append("</ul>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+# ----------------------------------------------------------------------------- Markdown
+
+
+def _md_cell(x: Any) -> str:
+    return str(x).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(columns, rows) -> list[str]:
+    out = ["| " + " | ".join(_md_cell(c) for c in columns) + " |"]
+    out.append("|" + "|".join("---" for _ in columns) + "|")
+    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _markdown(sections: list[MaterialSection], title: str, meta: str) -> str:
+    lines = [f"# {title}", "", f"_{meta}_", "", "## Summary", ""]
+    lines += _md_table(SUMMARY_COLUMNS, [_summary_cells(sec.summary) for sec in sections])
+    for sec in sections:
+        s = sec.summary
+        lines += [
+            f"## {s.material} — {s.formula} ({s.campaign})",
+            "",
+            f"engine {s.engine_md} (relax {s.engine_relax}), {s.n_atoms_supercell} atoms, "
+            f"mobile {s.mobile_species}; **pinned control: {s.pinned_verdict}**",
+            "",
+            "### 300 K extrapolation",
+            "",
+            *(f"- {line}" for line in _extrapolation_lines(s)),
+            "",
+            "### Runs",
+            "",
+            *_md_table(RUN_COLUMNS, _run_cells(s)),
+        ]
+        if s.comparisons:
+            lines += [
+                "### Free vs pinned",
+                "",
+                *_md_table(COMPARISON_COLUMNS, _comparison_cells(s)),
+            ]
+        for fig in sec.figures:
+            lines += [
+                f"![{_md_cell(fig.caption)}]({FIGURES_DIR}/{fig.filename})",
+                "",
+                f"*{fig.caption}*",
+                "",
+            ]
+        if sec.notes:
+            lines += ["### Notes", "", *(f"- {n}" for n in sec.notes), ""]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def write_report(
+    source: Any, out_dir: Path | str, *, campaign: str | None = None, dpi: int = 100
+) -> ReportPaths:
+    """Write ``index.html``, ``report.md`` and ``figures/`` into ``out_dir``.
+
+    Parameters
+    ----------
+    source
+        ResolvedDatabase or pymongo/mongomock Database (summaries + JobStore outputs).
+    out_dir
+        Output directory (created; existing report files are overwritten).
+    campaign
+        Only this campaign (default: every campaign in the database).
+    dpi
+        Figure resolution.
+
+    Raises
+    ------
+    UserInputError
+        Nothing to report (no summaries, or none of ``campaign``).
+    """
+    from ionflow import __version__
+
+    sections = build_sections(source, campaign=campaign, dpi=dpi)
+    out = Path(out_dir)
+    figdir = out / FIGURES_DIR
+    figdir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for sec in sections:
+        for fig in sec.figures:
+            path = figdir / fig.filename
+            path.write_bytes(fig.png)
+            written.append(path)
+    campaigns = sorted({sec.summary.campaign for sec in sections})
+    title = (
+        f"ionflow report — campaign {campaigns[0]}"
+        if len(campaigns) == 1
+        else (f"ionflow report — {len(campaigns)} campaigns")
+    )
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    meta = f"{len(sections)} material(s); generated {now} by ionflow {__version__}"
+    html_path, md_path = out / "index.html", out / "report.md"
+    html_path.write_text(_html(sections, title, meta), encoding="utf-8")
+    md_path.write_text(_markdown(sections, title, meta), encoding="utf-8")
+    return ReportPaths(html_path, md_path, written, len(sections))

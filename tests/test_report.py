@@ -1,0 +1,302 @@
+"""Tests of ``ionflow report``: synthetic campaigns in a real SecantusDB server, the report
+rendered by a real headless Chromium.
+
+The summaries and the analysis job outputs (with their MSD curves) come from
+``test_results.build_material`` (synthetic trajectories analysed by ionflow itself).
+Chromium is Debian's ``chromium`` package: without it the browser test is skipped, except
+in CI (``CI=true``), where it fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageStat
+
+from ionflow.errors import UserInputError
+from ionflow.report import write_report
+
+
+def _helpers():
+    """The synthetic-campaign builders of test_results.py (pytest runs in importlib mode)."""
+    name = "_ionflow_test_results_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, Path(__file__).with_name("test_results.py")
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+_h = _helpers()
+all_materials, insert_all, run_cli = _h.all_materials, _h.insert_all, _h.run_cli
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+
+
+class _Page(HTMLParser):
+    """Collects <img> attributes, table classes and text of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[dict[str, str]] = []
+        self.tables: list[str] = []
+        self.links: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.images.append(a)
+        elif tag == "table":
+            self.tables.append(a.get("class", ""))
+        for key in ("href", "src"):
+            if key in a:
+                self.links.append(a[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse(html_text: str) -> _Page:
+    page = _Page()
+    page.feed(html_text)
+    return page
+
+
+def png_of(src: str) -> Image.Image:
+    assert src.startswith("data:image/png;base64,"), src[:40]
+    data = base64.b64decode(src.split(",", 1)[1], validate=True)
+    assert len(data) > 5000  # a real plot, not a placeholder
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+def sane(img: Image.Image) -> None:
+    assert img.format == "PNG"
+    w, h = img.size
+    assert 300 <= w <= 3000 and 200 <= h <= 3000, img.size
+    # not blank: a plot has dark lines on white
+    assert ImageStat.Stat(img.convert("L")).stddev[0] > 10
+
+
+@pytest.fixture(scope="module")
+def campaign_db(tmp_path_factory):
+    """A real server holding every synthetic material; one material lacks its MSD outputs."""
+    import pymongo
+
+    from ionflow.store import DatabaseSettings, LocalServer, resolve_database
+
+    data_dir = tmp_path_factory.mktemp("report") / "ionflow-data"
+    server = LocalServer.ensure(data_dir)
+    try:
+        materials = all_materials()
+        # Li7P3S11's analysis outputs are "lost": the report must say so
+        materials = [(s, () if s.material == "Li7P3S11" else o) for s, o in materials]
+        client = pymongo.MongoClient(server.uri)
+        try:
+            insert_all(client["ionflow"], materials)
+        finally:
+            client.close()
+        yield resolve_database(DatabaseSettings(data_dir=data_dir)), data_dir
+    finally:
+        server.stop(timeout_s=10)
+
+
+@pytest.fixture(scope="module")
+def report(campaign_db, tmp_path_factory):
+    db, _ = campaign_db
+    out = tmp_path_factory.mktemp("out") / "report"
+    paths = write_report(db, out)
+    return paths, out
+
+
+@pytest.mark.integration
+def test_report_files_and_content(report):
+    paths, out = report
+    summaries = [s for s, _ in all_materials()]
+    assert paths.n_materials == len(summaries)
+    assert paths.html == out / "index.html" and paths.markdown == out / "report.md"
+    html_text = paths.html.read_text()
+    page = parse(html_text)
+    assert "summary" in page.tables and "runs" in page.tables
+    text = " ".join(page.text)
+    for s in summaries:
+        assert s.material in text and s.pinned_verdict in text
+    # self-contained: no external resource, every image inline
+    assert not [u for u in page.links if re.match(r"^(https?:)?//", u)]
+    assert "<script" not in html_text and "<link" not in html_text
+    # per material: Arrhenius plot if a variant has a fit, one MSD grid per variant with runs
+    expected = []
+    for s in sorted(summaries, key=lambda s: (s.campaign, s.material)):  # the report's order
+        stem = f"{s.campaign}_{s.material}"
+        if s.free.arrhenius or (s.pinned and s.pinned.arrhenius):
+            expected.append(f"figures/{stem}_arrhenius.png")
+        if s.material != "Li7P3S11":
+            expected += [
+                f"figures/{stem}_msd_{v}.png" for v in ("free", "pinned")[: 1 + bool(s.pinned)]
+            ]
+    assert [img["data-file"] for img in page.images] == expected
+    assert sorted(p.relative_to(out).as_posix() for p in paths.figures) == sorted(expected)
+    for img in page.images:
+        inline = png_of(img["src"])
+        sane(inline)
+        assert (out / img["data-file"]).read_bytes() == base64.b64decode(img["src"].split(",")[1])
+        assert img["alt"]
+    # the 300 K extrapolation with its intervals, from the stored fit
+    lps = next(s for s in summaries if (s.campaign, s.material) == ("alpha", "LPS-beta"))
+    assert "σ(300 K) = " in text and "68 % [" in text and "95 % [" in text
+    assert f"{lps.free.arrhenius.n_temperatures} temperatures" in text
+
+
+@pytest.mark.integration
+def test_report_notes(report):
+    paths, _ = report
+    text = " ".join(parse(paths.html.read_text()).text)
+    assert "No pinned control: no bonded polyanions (oxide framework)." in text
+    assert re.search(r"free 600 K is caged: MSD plateaus", text)  # Li6PS5Cl and Li3PO4
+    assert "free: no Arrhenius fit — Arrhenius fit needs at least 2 temperatures" in text
+    assert "MSD curves not found in the JobStore for: free 600 K" in text  # Li7P3S11
+
+
+@pytest.mark.integration
+def test_markdown_version(report):
+    paths, out = report
+    md = paths.markdown.read_text()
+    assert md.startswith("# ionflow report — 2 campaigns")
+    assert "| material | formula | campaign |" in md
+    refs = re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", md)
+    assert refs and all((out / r).is_file() for r in refs)
+    assert sorted(refs) == sorted(p.relative_to(out).as_posix() for p in paths.figures)
+    for r in refs:
+        with Image.open(out / r) as img:
+            sane(img)
+
+
+@pytest.mark.integration
+def test_report_campaign_filter_and_cli(campaign_db, tmp_path, capsys):
+    db, data_dir = campaign_db
+    paths = write_report(db, tmp_path / "beta", campaign="beta")
+    beta = [s for s, _ in all_materials() if s.campaign == "beta"]
+    assert paths.n_materials == len(beta)
+    assert "campaign beta" in paths.markdown.read_text().splitlines()[0]
+    with pytest.raises(
+        UserInputError, match="no summaries of campaign 'gamma'; campaigns: alpha, beta"
+    ):
+        write_report(db, tmp_path / "gamma", campaign="gamma")
+    code, out, err = run_cli(
+        [
+            "report",
+            "--data-dir",
+            str(data_dir),
+            "--campaign",
+            "alpha",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "index.html (self-contained)" in out
+    assert (tmp_path / "cli" / "index.html").is_file()
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+def _browser() -> str:
+    for name in BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is required in CI (Debian package 'chromium') but is not installed")
+    pytest.skip("chromium not installed (apt-get install chromium); required when CI=true")
+
+
+def _chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+
+
+PROBE = """<script>
+window.addEventListener("load", () => {
+  for (const img of document.images) {
+    img.setAttribute("data-natural", img.complete + ":" + img.naturalWidth + "x" + img.naturalHeight);
+  }
+  document.body.setAttribute("data-probed", String(document.images.length));
+});
+</script>"""
+
+
+@pytest.mark.integration
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = _browser()
+    paths, out = report
+    # zip-and-move check: render a copy in another directory
+    copy = tmp_path / "moved"
+    shutil.copytree(out, copy)
+    index = copy / "index.html"
+    # 1) the browser decodes every image: a probe copy records each <img>'s natural size
+    probe = copy / "probe.html"
+    probe.write_text(index.read_text().replace("</body>", PROBE + "</body>"))
+    res = _chromium(
+        browser, tmp_path / "profile1", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    dom = res.stdout
+    page = parse(dom)
+    assert "summary" in page.tables
+    n_images = len(parse(index.read_text()).images)
+    assert f'data-probed="{n_images}"' in dom
+    assert len(page.images) == n_images > 0
+    for img in page.images:
+        complete, size = img["data-natural"].split(":")
+        w, h = (int(x) for x in size.split("x"))
+        assert complete == "true" and (w, h) == png_of(img["src"]).size, img["data-file"]
+    text = " ".join(page.text)
+    for s, _ in all_materials():
+        assert s.material in text
+    # 2) a real screenshot of the unmodified page
+    shot = tmp_path / "shot.png"
+    res = _chromium(
+        browser,
+        tmp_path / "profile2",
+        f"--screenshot={shot}",
+        "--window-size=1200,3000",
+        "--hide-scrollbars",
+        index.as_uri(),
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    with Image.open(shot) as img:
+        assert img.size == (1200, 3000)
+        gray = img.convert("L")
+        assert ImageStat.Stat(gray).stddev[0] > 20  # text, tables and plots, not a blank page
+        # the lower part of the page (plots) is rendered too
+        assert ImageStat.Stat(gray.crop((0, 1500, 1200, 3000))).stddev[0] > 20

@@ -1,0 +1,636 @@
+"""Tests of ionflow.results and the ``query``/``export``/``export-trajectory`` commands.
+
+Summaries are built with real ionflow code: synthetic hopping trajectories
+(:mod:`ionflow.analysis.synthetic`) with hop rates following an Arrhenius law are analysed
+with :func:`ionflow.analysis.analyze_arrays`, then :func:`ionflow.summary.variant_summary`
+and :func:`ionflow.summary.build_summary` make the documents the summary job stores.
+Expected query results are computed in Python from the inserted models (independent of
+the MongoDB query that :mod:`ionflow.results` builds).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from functools import cache
+from types import SimpleNamespace
+
+import mongomock
+import numpy as np
+import pytest
+
+from ionflow.analysis import analyze_arrays
+from ionflow.analysis.arrhenius import BOLTZMANN_EV_K
+from ionflow.analysis.synthetic import caged_trajectory, hopping_trajectory
+from ionflow.errors import UserInputError
+from ionflow.results import (
+    CSV_COLUMNS,
+    SORT_FIELDS,
+    SUMMARY_COLLECTION,
+    SchemaVersionError,
+    build_filter,
+    ensure_indexes,
+    fetch_run_analyses,
+    find_summary_documents,
+    parse_summary,
+    query_summaries,
+    summaries_to_csv,
+    summaries_to_json,
+    verdict_category,
+)
+from ionflow.summary import MaterialSummary, build_summary, variant_summary
+
+# ----------------------------------------------------------------------------- builders
+
+FRAME_FS = 20.0
+HOP_A = 2.5
+
+
+@dataclass(frozen=True)
+class MaterialSpec:
+    """How to synthesise one material's runs."""
+
+    campaign: str
+    material: str
+    formula: str
+    ea_ev: float = 0.25
+    rate_1000k_per_ps: float = 6.0
+    temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0)
+    # pinned hop rate / free hop rate (one value, or one per temperature); None: no pinned
+    # run. A factor of exactly 1 reuses the free trajectory (z = 0: "no significant change"
+    # whatever the analysis details), so the verdict categories are robust by construction.
+    pinned_factor: float | tuple[float, ...] | None = 0.2
+    caged_k: tuple[float, ...] = ()  # temperatures whose free run is caged
+    engine: str = "chgnet"
+    pinned_reason: str = "4 PS4 anions pinned (bonded polyanions)"
+    seed: int = 0
+
+
+def _rate(spec: MaterialSpec, t: float) -> float:
+    return spec.rate_1000k_per_ps * math.exp(-spec.ea_ev / BOLTZMANN_EV_K * (1 / t - 1 / 1000))
+
+
+def _analyse(spec: MaterialSpec, t: float, rate: float, caged: bool, seed: int):
+    kw = dict(n_frames=1500, n_mobile=16, n_framework=24, frame_interval_fs=FRAME_FS)
+    kw.update(temperature_k=t, seed=seed)
+    if caged:
+        traj = caged_trajectory(**kw)
+    else:
+        traj = hopping_trajectory(hop_rate_per_ps=rate, hop_length_a=HOP_A, **kw)
+    return analyze_arrays(
+        traj.positions, traj.lattice, traj.species, temperature_k=t, frame_interval_fs=FRAME_FS
+    )
+
+
+@cache
+def build_material(spec: MaterialSpec) -> tuple[MaterialSummary, tuple[dict, ...]]:
+    """The summary of ``spec`` and the JobStore ``outputs`` documents of its analysis jobs."""
+    variants = ["free"] + (["pinned"] if spec.pinned_factor is not None else [])
+    vsum, outputs = {}, []
+    for vi, variant in enumerate(variants):
+        analyses, ids = [], []
+        for ti, t in enumerate(spec.temperatures_k):
+            factor = 1.0
+            if variant == "pinned":
+                pf = spec.pinned_factor
+                factor = pf[ti] if isinstance(pf, tuple) else pf
+            caged = variant == "free" and t in spec.caged_k
+            seed = spec.seed * 100 + (vi if factor != 1.0 else 0) * 10 + ti
+            a = _analyse(spec, t, _rate(spec, t) * factor, caged, seed=seed)
+            a.source = f"{spec.material}/{variant}_{t:g}K"
+            job_uuid = str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.campaign}/{spec.material}/{variant}/{t}")
+            )
+            analyses.append(a)
+            ids.append({"analysis_uuid": job_uuid, "md_uuid": None})
+            outputs.append(
+                {
+                    "uuid": job_uuid,
+                    "index": 1,
+                    "name": f"analysis {spec.material} {variant} {t:g}K",
+                    "completed_at": "2026-11-22T10:00:00",
+                    "hosts": [],
+                    "metadata": {
+                        "ionflow_campaign": spec.campaign,
+                        "ionflow_material": spec.material,
+                        "ionflow_variant": variant,
+                        "ionflow_temperature_k": float(t),
+                    },
+                    "output": {
+                        "material": spec.material,
+                        "variant": variant,
+                        "temperature_k": float(t),
+                        "analysis_uuid": job_uuid,
+                        "analysis": a.model_dump(mode="json"),
+                    },
+                }
+            )
+        vsum[variant] = variant_summary(variant, analyses, ids)
+    from pymatgen.core import Composition
+
+    n_pinned = 4 if spec.pinned_factor is not None else 0
+    summary = build_summary(
+        campaign=spec.campaign,
+        material=spec.material,
+        structure=SimpleNamespace(composition=Composition(spec.formula)),
+        mobile_species="Li",
+        engine_md=spec.engine,
+        engine_relax=spec.engine,
+        supercell={
+            "n_atoms": 64,
+            "matrix": [[2, 0, 0], [0, 2, 0], [0, 0, 1]],
+            "anions": {"bonded_indices": list(range(n_pinned)), "isolated_indices": []},
+            "anion_summary": f"{n_pinned} bonded anions",
+            "pinned_indices": list(range(n_pinned)),
+            "pinned_reason": spec.pinned_reason,
+        },
+        free=vsum["free"],
+        pinned=vsum.get("pinned"),
+        provenance={"test": True},
+    )
+    return summary, tuple(outputs)
+
+
+#: A small realistic campaign set: fast/slow conductors, a caged run, no pinned control,
+#: pinning with and without effect, two campaigns and two engines.
+SPECS = (
+    MaterialSpec("alpha", "LPS-beta", "Li3PS4", ea_ev=0.22, seed=1),
+    MaterialSpec("alpha", "LGPS", "Li10GeP2S12", ea_ev=0.18, rate_1000k_per_ps=5.0, seed=2,
+                 pinned_factor=1.0),
+    MaterialSpec("alpha", "LLZO", "Li7La3Zr2O12", ea_ev=0.45, pinned_factor=None, seed=3,
+                 pinned_reason="no bonded polyanions (oxide framework)"),
+    MaterialSpec("alpha", "Li6PS5Cl", "Li6PS5Cl", ea_ev=0.28, caged_k=(600.0,), seed=4),
+    MaterialSpec("beta", "LPS-beta", "Li3PS4", ea_ev=0.30, engine="mace", seed=5),
+    MaterialSpec("beta", "Li3PO4", "Li3PO4", ea_ev=0.45, rate_1000k_per_ps=1.5, engine="mace",
+                 caged_k=(600.0, 800.0, 1000.0), seed=6, pinned_factor=1.0),
+    # pinning lowers D at 1000 K only: "mixed evidence"
+    MaterialSpec("beta", "Li7P3S11", "Li7P3S11", ea_ev=0.18, rate_1000k_per_ps=5.0, seed=7,
+                 pinned_factor=(1.0, 1.0, 0.2)),
+)  # fmt: skip
+
+
+def all_materials() -> list[tuple[MaterialSummary, tuple[dict, ...]]]:
+    return [build_material(s) for s in SPECS]
+
+
+def insert_all(db, materials=None) -> list[MaterialSummary]:
+    """Insert summaries (as the summary job does) and analysis outputs into ``db``."""
+    materials = materials if materials is not None else all_materials()
+    for summary, outputs in materials:
+        db[SUMMARY_COLLECTION].replace_one(
+            {"campaign": summary.campaign, "material": summary.material},
+            summary.model_dump(mode="json"),
+            upsert=True,
+        )
+        if outputs:
+            db["outputs"].insert_many([dict(o) for o in outputs])
+    return [m[0] for m in materials]
+
+
+@pytest.fixture
+def mdb():
+    """A mongomock database holding every synthetic material."""
+    db = mongomock.MongoClient()["ionflow"]
+    insert_all(db)
+    return db
+
+
+def keys(summaries) -> list[tuple[str, str]]:
+    return [(s.campaign, s.material) for s in summaries]
+
+
+# ----------------------------------------------------------------------------- the data
+
+
+def test_synthetic_materials_are_realistic():
+    by = {(s.campaign, s.material): s for s, _ in all_materials()}
+    lps = by[("alpha", "LPS-beta")]
+    assert lps.formula == "Li3PS4" and lps.chemsys == "Li-P-S" and lps.elements == ["Li", "P", "S"]
+    assert lps.regimes == ["diffusive"] * 3
+    assert lps.ea_ev == pytest.approx(0.22, abs=0.1)  # recovered from the synthetic rates
+    lo, hi = lps.free.sigma_300k_interval_ms_cm
+    assert lo < lps.sigma_300k_ms_cm < hi
+    assert verdict_category(lps.pinned_verdict) == "lowers"
+    assert verdict_category(by[("alpha", "LLZO")].pinned_verdict) == "none"
+    assert verdict_category(by[("alpha", "LGPS")].pinned_verdict) == "no significant"
+    assert verdict_category(by[("beta", "Li7P3S11")].pinned_verdict) == "mixed"
+    assert verdict_category(by[("beta", "Li3PO4")].pinned_verdict) == "inconclusive"
+    assert by[("alpha", "LLZO")].pinned is None
+    assert by[("alpha", "Li6PS5Cl")].regimes == ["caged", "diffusive", "diffusive"]
+    nocond = by[("beta", "Li3PO4")]
+    assert nocond.sigma_300k_ms_cm is None and nocond.ea_ev is None
+    assert nocond.free.arrhenius is None and "at least 2 temperatures" in nocond.free.arrhenius_note
+    # the indexed flat fields mirror the nested ones
+    for s in by.values():
+        assert s.sigma_300k_ms_cm == s.free.sigma_300k_ms_cm
+        assert s.regimes == [r.regime for r in s.free.runs]
+
+
+# ----------------------------------------------------------------------------- filters
+
+
+def test_build_filter_normalises_inputs():
+    f = build_filter(
+        campaign="alpha",
+        formula="S4 P Li3",
+        chemsys="s-LI-p",
+        elements="li, s",
+        engine="CHGNet",
+        sigma_min_ms_cm=0.1,
+        ea_max_ev=0.3,
+        regime="Caged",
+        pinned_verdict="lowers",
+    )
+    assert f == {
+        "campaign": "alpha",
+        "formula": "Li3PS4",
+        "chemsys": "Li-P-S",
+        "elements": {"$all": ["Li", "S"]},
+        "engine_md": "chgnet",
+        "sigma_300k_ms_cm": {"$gte": 0.1},
+        "ea_ev": {"$lte": 0.3},
+        "regimes": "caged",
+        "pinned_verdict": {"$regex": "^pinning lowers"},
+    }
+    assert build_filter() == {}
+    # free text is escaped and case-insensitive
+    assert build_filter(pinned_verdict="ratio 1.2 (z")["pinned_verdict"] == {
+        "$regex": r"ratio\ 1\.2\ \(z",
+        "$options": "i",
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"regime": "liquid"}, "regime must be one of diffusive, caged, insufficient"),
+        ({"sigma_min_ms_cm": 2.0, "sigma_max_ms_cm": 1.0}, "min 2 > max 1"),
+        ({"ea_min_ev": float("nan")}, "finite"),
+        ({"formula": "Xx9!"}, "cannot parse"),
+        ({"elements": "Li,4"}, "not an element symbol"),
+        ({"pinned_verdict": "  "}, "empty"),
+    ],
+)
+def test_build_filter_rejects_bad_values(kwargs, message):
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(")):
+        build_filter(**kwargs)
+
+
+def test_unknown_sort_field_lists_allowed(mdb):
+    with pytest.raises(UserInputError) as exc:
+        query_summaries(mdb, sort="conductivity")
+    assert "unknown sort field 'conductivity'" in str(exc.value)
+    for f in SORT_FIELDS:
+        assert f in str(exc.value)
+    with pytest.raises(UserInputError, match="limit"):
+        query_summaries(mdb, limit=0)
+
+
+# independent truth: plain Python over the inserted models
+TRUTH_CASES = [
+    ({}, lambda s: True),
+    ({"campaign": "alpha"}, lambda s: s.campaign == "alpha"),
+    ({"formula": "Li3PS4"}, lambda s: s.formula == "Li3PS4"),
+    ({"chemsys": "Li-O-P"}, lambda s: s.chemsys == "Li-O-P"),
+    ({"elements": ["Li", "S"]}, lambda s: {"Li", "S"} <= set(s.elements)),
+    ({"elements": "O"}, lambda s: "O" in s.elements),
+    ({"engine": "mace"}, lambda s: s.engine_md == "mace"),
+    ({"sigma_min_ms_cm": 10.0}, lambda s: s.sigma_300k_ms_cm is not None and s.sigma_300k_ms_cm >= 10),
+    ({"sigma_max_ms_cm": 10.0}, lambda s: s.sigma_300k_ms_cm is not None and s.sigma_300k_ms_cm <= 10),
+    ({"ea_max_ev": 0.25}, lambda s: s.ea_ev is not None and s.ea_ev <= 0.25),
+    ({"ea_min_ev": 0.25, "ea_max_ev": 0.37}, lambda s: s.ea_ev is not None and 0.25 <= s.ea_ev <= 0.37),
+    ({"regime": "caged"}, lambda s: "caged" in s.regimes),
+    ({"pinned_verdict": "lowers"}, lambda s: s.pinned_verdict.startswith("pinning lowers")),
+    ({"pinned_verdict": "no significant"}, lambda s: s.pinned_verdict.startswith("no significant")),
+    ({"pinned_verdict": "mixed"}, lambda s: s.pinned_verdict.endswith("mixed evidence")),
+    ({"pinned_verdict": "none"}, lambda s: s.pinned_verdict.startswith("no pinned control")),
+    ({"pinned_verdict": "inconclusive"}, lambda s: s.pinned_verdict.startswith("inconclusive")),
+    ({"pinned_verdict": "OXIDE"}, lambda s: "oxide" in s.pinned_verdict.lower()),
+    ({"campaign": "alpha", "elements": "S", "regime": "diffusive"},
+     lambda s: s.campaign == "alpha" and "S" in s.elements and "diffusive" in s.regimes),
+]  # fmt: skip
+
+
+def _expected(pred, sort="sigma_300k_ms_cm", descending=True):
+    chosen = [s for s, _ in all_materials() if pred(s)]
+    with_value = [s for s in chosen if getattr(s, sort) is not None]
+    without = [s for s in chosen if getattr(s, sort) is None]
+    with_value.sort(key=lambda s: (s.campaign, s.material))
+    with_value.sort(key=lambda s: getattr(s, sort), reverse=descending)  # stable
+    without.sort(key=lambda s: (s.campaign, s.material))
+    return keys(with_value + without)
+
+
+@pytest.mark.parametrize(("kwargs", "pred"), TRUTH_CASES)
+def test_filters_match_python_truth(mdb, kwargs, pred):
+    got = query_summaries(mdb, **kwargs)
+    assert all(isinstance(s, MaterialSummary) for s in got)
+    assert keys(got) == _expected(pred)
+
+
+def test_every_filter_case_is_discriminating():
+    """Each truth case selects a proper, non-empty subset (or all, for {})."""
+    n = len(SPECS)
+    for kwargs, pred in TRUTH_CASES:
+        k = len(_expected(pred))
+        assert (k == n) if not kwargs else (0 < k < n), kwargs
+
+
+@pytest.mark.parametrize("sort", ["sigma_300k_ms_cm", "ea_ev", "material", "pinned_ea_ev"])
+@pytest.mark.parametrize("descending", [True, False])
+def test_sorting_nulls_last_and_limit(mdb, sort, descending):
+    got = query_summaries(mdb, sort=sort, descending=descending)
+    assert keys(got) == _expected(lambda s: True, sort, descending)
+    top = query_summaries(mdb, sort=sort, descending=descending, limit=2)
+    assert keys(top) == keys(got)[:2]
+    # a limit reaching into the null tail
+    n_values = sum(getattr(s, sort) is not None for s in got)
+    tail = query_summaries(mdb, sort=sort, descending=descending, limit=n_values + 1)
+    assert keys(tail) == keys(got)[: n_values + 1]
+
+
+def test_sort_aliases(mdb):
+    assert keys(query_summaries(mdb, sort="ea", descending=False)) == _expected(
+        lambda s: True, "ea_ev", False
+    )
+
+
+def test_query_accepts_collection_and_empty_results(mdb):
+    coll = mdb[SUMMARY_COLLECTION]
+    assert keys(query_summaries(coll, campaign="beta")) == _expected(lambda s: s.campaign == "beta")
+    assert query_summaries(mdb, campaign="nope") == []
+    with pytest.raises(TypeError, match="expected a ResolvedDatabase"):
+        query_summaries({"not": "a db"})
+
+
+# ----------------------------------------------------------------------------- schema
+
+
+def test_schema_version_check(mdb):
+    doc = find_summary_documents(mdb, {"material": "LGPS"})[0]
+    assert parse_summary({**doc, "schema_version": "1.7"}).material == "LGPS"  # newer minor
+    for version, hint in (("2.0", "upgrade ionflow"), ("0.9", "re-run its summary job")):
+        with pytest.raises(SchemaVersionError, match=rf"schema_version {version}.*{hint}"):
+            parse_summary({**doc, "schema_version": version})
+    with pytest.raises(SchemaVersionError, match="no readable schema_version"):
+        parse_summary({k: v for k, v in doc.items() if k != "schema_version"})
+    with pytest.raises(SchemaVersionError, match="does not match summary schema.*free"):
+        parse_summary({**doc, "free": {"variant": "free"}})
+    # a stored document of a future major version makes the query fail clearly
+    mdb[SUMMARY_COLLECTION].update_one({"material": "LGPS"}, {"$set": {"schema_version": "2.1"}})
+    with pytest.raises(SchemaVersionError, match="alpha/LGPS has schema_version 2.1"):
+        query_summaries(mdb)
+    beta = _expected(lambda s: s.campaign == "beta")
+    assert keys(query_summaries(mdb, campaign="beta")) == beta  # unaffected when not matched
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+def test_ensure_indexes_idempotent_and_unique(mdb):
+    names = ensure_indexes(mdb)
+    assert names == ensure_indexes(mdb)
+    info = mdb[SUMMARY_COLLECTION].index_information()
+    assert info["campaign_material_unique"]["unique"]
+    for fld in ("formula", "chemsys", "elements", "sigma_300k_ms_cm", "ea_ev", "pinned_verdict"):
+        assert any(k[0][0] == fld for k in (v["key"] for v in info.values())), fld
+
+
+def test_ensure_indexes_reports_duplicates():
+    db = mongomock.MongoClient()["ionflow"]
+    doc = all_materials()[0][0].model_dump(mode="json")
+    db[SUMMARY_COLLECTION].insert_many([dict(doc), dict(doc)])
+    with pytest.raises(UserInputError, match="alpha/LPS-beta ×2"):
+        ensure_indexes(db)
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def test_csv_and_json_round_trip(mdb):
+    got = query_summaries(mdb, sort="material", descending=False)
+    buf = io.StringIO()
+    assert summaries_to_csv(got, buf) == len(SPECS)
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert tuple(rows[0]) == CSV_COLUMNS
+    by = {(s.campaign, s.material): s for s in got}
+    for row in rows:
+        s = by[(row["campaign"], row["material"])]
+        assert row["formula"] == s.formula
+        assert row["elements"].split(";") == s.elements
+        assert row["regimes"].split(";") == s.regimes
+        if s.sigma_300k_ms_cm is None:
+            assert row["sigma_300k_ms_cm"] == "" and row["ea_ev"] == ""
+        else:
+            assert float(row["sigma_300k_ms_cm"]) == s.sigma_300k_ms_cm  # full precision
+            assert float(row["sigma_300k_low95_ms_cm"]) < s.sigma_300k_low_ms_cm
+        assert row["pinned_verdict_category"] == verdict_category(s.pinned_verdict)
+        assert int(row["n_diffusive_runs"]) == s.regimes.count("diffusive")
+    buf = io.StringIO()
+    assert summaries_to_json(got, buf) == len(SPECS)
+    back = [MaterialSummary.model_validate(d) for d in json.loads(buf.getvalue())]
+    assert back == got
+
+
+def test_fetch_run_analyses_from_outputs(mdb):
+    summary = query_summaries(mdb, campaign="alpha", formula="Li3PS4")[0]
+    # a stale analysis of an older submission (not referenced by the summary) is ignored
+    stale = dict(all_materials()[0][1][0], uuid="stale", completed_at="2027-01-01")
+    mdb["outputs"].insert_one(stale)
+    runs = fetch_run_analyses(mdb, summary)
+    assert [(r.variant, r.temperature_k) for r in runs] == [
+        ("free", 600.0), ("free", 800.0), ("free", 1000.0),
+        ("pinned", 600.0), ("pinned", 800.0), ("pinned", 1000.0),
+    ]  # fmt: skip
+    by_t = {r.temperature_k: r for r in runs if r.variant == "free"}
+    for run in summary.free.runs:
+        a = by_t[run.temperature_k].analysis
+        assert a.diffusivity_cm2_s == run.diffusivity_cm2_s
+        assert by_t[run.temperature_k].uuid == run.analysis_uuid
+        assert len(a.msd.time_ps) == len(a.msd.msd_a2) > 50
+    assert "stale" not in {r.uuid for r in runs}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    from ionflow.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def patched_db(monkeypatch, mdb):
+    """CLI commands see the mongomock database instead of resolving a real one."""
+    import ionflow.results as results
+
+    monkeypatch.setattr(results, "open_database", lambda *a, **k: mdb)
+    return mdb
+
+
+def test_cli_query_formats(patched_db, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "220")
+    code, out, err = run_cli(["query", "--campaign", "alpha", "--format", "json"], capsys)
+    assert code == 0, err
+    assert [d["material"] for d in json.loads(out)] == [
+        m for _, m in _expected(lambda s: s.campaign == "alpha")
+    ]
+    code, out, _ = run_cli(
+        ["query", "--elements", "Li,S", "--sort", "ea_ev", "--asc", "--format", "csv"], capsys
+    )
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [(r["campaign"], r["material"]) for r in rows] == _expected(
+        lambda s: {"Li", "S"} <= set(s.elements), "ea_ev", False
+    )
+    code, out, _ = run_cli(["query", "--sigma-min-ms-cm", "0", "--limit", "2"], capsys)
+    assert code == 0
+    top = _expected(lambda s: s.sigma_300k_ms_cm is not None)[:2]
+    for _, material in top:
+        assert material in out
+    assert "Ea (eV)" in out and "σ(300 K)" in out and "2 material(s)" in out
+
+
+def test_cli_query_errors(patched_db, capsys):
+    code, _, err = run_cli(["query", "--sort", "speed"], capsys)
+    assert code == 2 and "unknown sort field 'speed'" in err and "sigma_300k_ms_cm" in err
+    code, _, err = run_cli(["query", "--format", "xml"], capsys)
+    assert code == 2 and "--format" in err
+    code, _, err = run_cli(["query", "--regime", "frozen"], capsys)
+    assert code == 2 and "regime must be one of" in err
+    code, out, err = run_cli(["query", "--campaign", "gamma"], capsys)
+    assert code == 0 and "no summaries of campaign 'gamma'" in err and "alpha, beta" in err
+
+
+def test_cli_query_without_database(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["query"], capsys)
+    assert code == 2
+    assert f"no ionflow database in {tmp_path / 'ionflow-data'}" in err
+    assert not (tmp_path / "ionflow-data").exists()  # nothing started or created
+
+
+def test_cli_export(patched_db, capsys, tmp_path):
+    out_file = tmp_path / "x" / "summaries.csv"
+    code, out, err = run_cli(
+        ["export", "--format", "csv", "--campaign", "beta", "--out", str(out_file)], capsys
+    )
+    assert code == 0, err
+    rows = list(csv.DictReader(out_file.open()))
+    assert sorted(r["material"] for r in rows) == sorted(
+        m for _, m in _expected(lambda s: s.campaign == "beta")
+    )
+    code, out, _ = run_cli(["export", "--format", "json"], capsys)
+    assert code == 0 and len(json.loads(out)) == len(SPECS)
+
+
+# ----------------------------------------------------------------------------- real server
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real SecantusDB server on a fresh data directory, stopped at teardown."""
+    from ionflow.store import LocalServer
+
+    srv = LocalServer.ensure(tmp_path / "ionflow-data")
+    yield srv
+    srv.stop(timeout_s=10)
+
+
+@pytest.mark.integration
+def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys):
+    import pymongo
+
+    from ionflow.store import DatabaseSettings, resolve_database
+    from ionflow.trajectories import put_npz, write_npz
+
+    db = resolve_database(DatabaseSettings(data_dir=server.data_dir))
+    assert db.local_server == server
+    client = pymongo.MongoClient(server.uri)
+    try:
+        pdb = client[db.database]
+        insert_all(pdb)
+        names = ensure_indexes(db)
+        assert "campaign_material_unique" in names
+        # the server uses the indexes
+        plan = pdb[SUMMARY_COLLECTION].find({"chemsys": "Li-P-S"}).explain()
+        assert "IXSCAN" in json.dumps(plan["queryPlanner"]["winningPlan"])
+        for kwargs, pred in TRUTH_CASES:
+            assert keys(query_summaries(db, **kwargs)) == _expected(pred), kwargs
+        for sort in ("sigma_300k_ms_cm", "ea_ev", "material"):
+            for desc in (True, False):
+                want = _expected(lambda s: True, sort, desc)
+                assert keys(query_summaries(db, sort=sort, descending=desc)) == want
+                n_values = sum(getattr(s, sort) is not None for s, _ in all_materials())
+                for limit in (2, n_values + 1):
+                    got = query_summaries(db, sort=sort, descending=desc, limit=limit)
+                    assert keys(got) == want[:limit], (sort, desc, limit)
+        # one MD run's trajectory in the GridFS bucket, as the MD job stores it
+        traj = hopping_trajectory(
+            n_frames=120, n_mobile=6, n_framework=10, seed=7, dtype=np.float32
+        )
+        fixed = np.zeros(16, bool)
+        fixed[10:] = True
+        npz = write_npz(
+            tmp_path / "production.npz", traj.positions, traj.lattice, traj.species, 20.0, 800.0,
+            fixed,
+        )  # fmt: skip
+        store = db.jobstore()
+        store.connect()
+        ref = put_npz(store, npz, {"campaign": "alpha", "material": "LGPS"})
+        store.close()
+        assert ref.gridfs_id is not None
+        npz.unlink()  # only the database copy remains
+        pdb["outputs"].insert_one(
+            {
+                "uuid": "md-1",
+                "index": 1,
+                "name": "md LGPS free 800K",
+                "metadata": {
+                    "ionflow_campaign": "alpha",
+                    "ionflow_material": "LGPS",
+                    "ionflow_variant": "free",
+                    "ionflow_temperature_k": 800.0,
+                },
+                "output": {"trajectory": ref.model_dump(mode="json"), "variant": "free"},
+            }
+        )
+    finally:
+        client.close()
+
+    # the CLI against the same data directory
+    data = ["--data-dir", str(server.data_dir)]
+    code, out, err = run_cli(["query", *data, "--chemsys", "P-S-Li", "--format", "json"], capsys)
+    assert code == 0, err
+    assert [(d["campaign"], d["material"]) for d in json.loads(out)] == _expected(
+        lambda s: s.chemsys == "Li-P-S"
+    )
+    xyz = tmp_path / "run.extxyz"
+    argv = ["export-trajectory", *data, "--campaign", "alpha", "--material", "LGPS"]
+    code, out, err = run_cli([*argv, "--temperature-k", "800", "--out", str(xyz)], capsys)
+    assert code == 0, err
+    assert "120 frames" in out
+    from ionflow.analysis.readers import open_trajectory
+
+    src = open_trajectory(str(xyz))
+    assert src.info.n_frames == 120
+    assert src.info.frame_interval_fs == pytest.approx(20.0)
+    assert src.info.temperature_k == pytest.approx(800.0)
+    assert src.info.species == traj.species
+    np.testing.assert_array_equal(src.info.fixed_atoms, fixed)
+    got = np.concatenate([p for p, _ in src.iter_chunks(chunk_frames=50)])
+    np.testing.assert_allclose(got, traj.positions, atol=1e-5)
+    # a run that does not exist: the message lists what is there
+    code, _, err = run_cli([*argv, "--temperature-k", "900", "--out", str(xyz)], capsys)
+    assert code == 2 and "runs stored for this material: free 800 K" in err
