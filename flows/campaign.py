@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from jobflow import Flow, Maker
+
 from ionflow.makers.analysis import AnalysisMaker, ArrheniusMaker, SummaryMaker
 from ionflow.makers.md import MLMDMaker
 from ionflow.makers.relax import RelaxMaker
 from ionflow.makers.supercell import SupercellMaker
-from jobflow import Flow, Maker
 
 
 @dataclass

@@ -87,15 +87,19 @@ class MLMDMaker(Maker):
     @job(config=JobConfig(expose_store=True))
     def make(self, structure, fixed_indices: list[int] | None = None):
         """Run (or resume) the MD; output: trajectory reference and run statistics."""
-        from ionflow.md import MDSettings, run_md
         from jobflow import CURRENT_JOB
         from pymatgen.io.ase import AseAtomsAdaptor
 
+        from ionflow.md import MDSettings, run_md
         from ionflow.potentials import get_calculator
         from ionflow.structure import with_selective_dynamics
         from ionflow.trajectories import put_npz, traj_to_npz
 
         fixed = sorted(int(i) for i in (fixed_indices or []))
+        if self.variant == "pinned" and not fixed:
+            raise ValueError(
+                f"{self.material}: pinned MD at {self.temperature_k:g} K has no atoms to pin"
+            )
         if fixed:
             structure = with_selective_dynamics(structure, fixed)
         atoms = AseAtomsAdaptor.get_atoms(structure)

@@ -22,21 +22,42 @@ class SupercellMaker(Maker):
         The diffusing element.
     pinned_control
         ``"auto"`` (every bonded anion), ``"off"``, or a list of element symbols.
+    pinned_sites
+        Input-cell site indices to pin, decided when the campaign was validated (what
+        ``ionflow validate`` showed). When given, their images in the supercell are pinned
+        — a relaxation that stretched a bond past the bonding cutoff must not silently
+        change the control — and the fresh classification of the supercell is reported
+        next to it. ``None`` → classify the (relaxed) supercell.
     """
 
     name: str = "supercell"
     min_width_a: float = 10.0
     mobile_species: str = "Li"
     pinned_control: str | list[str] = "auto"
+    pinned_sites: list[int] | None = None
 
     @job
     def make(self, structure):
         """Output: structure, matrix, n_atoms, pinned_indices, pinned_reason, anions."""
         from ionflow.structure import classify_anions, make_supercell, pinned_indices
 
-        sc, matrix = make_supercell(structure, self.min_width_a)
-        pinned, reason = pinned_indices(sc, self.mobile_species, self.pinned_control)
+        tagged = structure.copy()
+        tagged.add_site_property("ionflow_parent", list(range(len(structure))))
+        sc, matrix = make_supercell(tagged, self.min_width_a)
+        parents = sc.site_properties["ionflow_parent"]
+        sc.remove_site_property("ionflow_parent")
         anions = classify_anions(sc, self.mobile_species)
+        pinned, reason = pinned_indices(sc, self.mobile_species, self.pinned_control)
+        notes = []
+        if self.pinned_sites is not None:
+            planned = set(self.pinned_sites)
+            fresh = pinned
+            pinned = [i for i, p in enumerate(parents) if p in planned]
+            if sorted(fresh) != pinned:
+                notes.append(
+                    f"pinned the {len(pinned)} planned sites; a fresh classification of the "
+                    f"relaxed supercell would pin {len(fresh)} ({anions.summary()})"
+                )
         return {
             "structure": sc,
             "matrix": [[int(x) for x in row] for row in matrix],
@@ -45,4 +66,5 @@ class SupercellMaker(Maker):
             "pinned_reason": reason,
             "anions": anions.model_dump(mode="json"),
             "anion_summary": anions.summary(),
+            "notes": notes,
         }

@@ -46,18 +46,22 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
     from ionflow.makers.supercell import SupercellMaker
 
     eng = spec.engine
-    if eng.md not in ML_ENGINES:
+    if eng.md not in (*ML_ENGINES, "vasp"):
         raise UserInputError(
             f"engine.md: {eng.md!r} is not available in this version of ionflow "
-            f"(ML potentials: {', '.join(ML_ENGINES)})"
+            f"(ML potentials: {', '.join(ML_ENGINES)}; or vasp)"
         )
-    if eng.relax not in (*ML_ENGINES, "none"):
+    if eng.relax not in (*ML_ENGINES, "vasp", "none"):
         raise UserInputError(f"engine.relax: {eng.relax!r} is not available in this version")
     md = mat.md
     stride = md.frame_stride_steps
     ckpt = stride * max(1, -(-100 // stride))
     relax = None
-    if eng.relax != "none":
+    if eng.relax == "vasp":
+        from ionflow.makers.vasp import vasp_relax_maker
+
+        relax = vasp_relax_maker(spec, mat)
+    elif eng.relax != "none":
         relax = RelaxMaker(
             engine=eng.relax,
             fmax_ev_a=spec.relax.fmax_ev_a,
@@ -71,6 +75,7 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
             min_width_a=md.supercell_min_length_a,
             mobile_species=spec.mobile_species,
             pinned_control=md.pinned_control_arg,
+            pinned_sites=list(mat.pinned_indices),
         ),
         md_maker=MLMDMaker(
             engine=eng.md,
@@ -91,8 +96,19 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
         pinned_control=mat.has_pinned_control,
         engine_relax=eng.relax,
     )
+    start = mat.structure
+    if "vasp" in (eng.relax, eng.md):
+        from ionflow.makers import vasp as vasp_makers
+
+        if eng.md == "vasp":
+            maker.md_maker = vasp_makers.vasp_md_maker(spec, mat)
+        if eng.relax == "vasp":
+            # VASP relaxes the primitive cell (seed 003): start from it, pin its sites
+            start, pinned = vasp_makers.vasp_start(spec, mat)
+            if getattr(maker.supercell_maker, "pinned_sites", None) is not None:
+                maker.supercell_maker.pinned_sites = pinned
     meta = {"ionflow_campaign": spec.campaign}
-    return maker.make(mat.structure, mat.name, metadata=meta)
+    return maker.make(start, mat.name, metadata=meta)
 
 
 def plan_campaign(spec: CampaignSpec, materials: list[ResolvedMaterial], run_root: Path):

@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -93,14 +94,27 @@ def campaign_states(lp, campaign: str) -> dict[str, Counter]:
 
 
 def recover_interrupted(lp, campaign: str) -> dict[str, list[int]]:
-    """Reset RUNNING/RESERVED (left by a dead local worker) and FIZZLED fireworks to READY."""
+    """Reset fireworks a previous local run left unfinished to READY.
+
+    ``running``: RUNNING/RESERVED (the worker died) or FIZZLED by a Ctrl-C — their MD
+    resumes from its checkpoint; ``fizzled``: real failures, retried once per run.
+    """
     done: dict[str, list[int]] = {"running": [], "fizzled": []}
     for fw in lp.fireworks.find(
         {"spec.ionflow_campaign": campaign, "state": {"$in": ["RUNNING", "RESERVED", "FIZZLED"]}},
-        {"fw_id": 1, "state": 1},
+        {"fw_id": 1, "state": 1, "launches": 1},
     ):
+        kind = "running"
+        if fw["state"] == "FIZZLED":
+            last = lp.launches.find_one(
+                {"launch_id": {"$in": fw.get("launches", [])}},
+                {"action.stored_data._exception._stacktrace": 1},
+                sort=[("launch_id", -1)],
+            )
+            trace = str(((last or {}).get("action") or {}).get("stored_data", {}))
+            kind = "running" if "KeyboardInterrupt" in trace else "fizzled"
         lp.rerun_fw(fw["fw_id"])
-        done["fizzled" if fw["state"] == "FIZZLED" else "running"].append(fw["fw_id"])
+        done[kind].append(fw["fw_id"])
     return done
 
 
@@ -166,7 +180,10 @@ class _Display:
         from rich.console import Console
         from rich.live import Live
 
-        self._live = Live(self._render(), console=Console(stderr=True), refresh_per_second=2)
+        # jobs redirect fd 2 into their launcher directory: draw on a copy of the terminal
+        self._tty = os.fdopen(os.dup(2), "w")
+        console = Console(file=self._tty, force_terminal=True)
+        self._live = Live(self._render(), console=console, refresh_per_second=2)
         self._live.__enter__()
         self._thread = threading.Thread(target=self._loop, args=(self._live,), daemon=True)
         self._thread.start()
@@ -179,6 +196,49 @@ class _Display:
             with contextlib.suppress(Exception):
                 self._live.update(self._render())
             self._live.__exit__(*exc)
+            self._tty.close()
+
+
+def work_until_done(lp, fworker, launch_dir: Path, sleep_s: float = 1.0) -> bool:
+    """Launch rockets one after another until nothing of the worker's query can run.
+
+    Like FireWorks' ``rapidfire`` (one launcher directory per job, stdout/stderr of the
+    job redirected into it) but Ctrl-C stops the loop: the running job is interrupted
+    (FireWorks records it as FIZZLED; the next ``ionflow run`` resets it and its MD
+    resumes from the checkpoint) and nothing new starts. Returns True when interrupted.
+    """
+    from fireworks.core.rocket_launcher import launch_rocket
+    from fireworks.utilities.fw_utilities import create_datestamp_dir, redirect_local
+
+    stop = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    log = logging.getLogger("ionflow.dispatch")
+    home = os.getcwd()
+    try:
+        while not stop.is_set():
+            if not lp.run_exists(fworker):
+                if not lp.future_run_exists(fworker):
+                    break
+                time.sleep(sleep_s)
+                continue
+            ldir = create_datestamp_dir(str(launch_dir), log, prefix="launcher_")
+            os.chdir(ldir)
+            try:
+                with redirect_local():
+                    launch_rocket(lp, fworker, strm_lvl="ERROR")
+            except KeyboardInterrupt:
+                stop.set()
+            finally:
+                os.chdir(home)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return stop.is_set()
 
 
 def run_campaign(
@@ -230,21 +290,13 @@ def run_campaign(
             return result
         project.launch_dir.mkdir(parents=True, exist_ok=True)
         fworker = db.fworker(name="ionflow-local", query={"spec.ionflow_campaign": spec.campaign})
-        from fireworks.core.rocket_launcher import rapidfire
-
         logging.disable(logging.INFO)  # FireWorks/jobflow chatter; the display shows progress
         try:
             with _Display(lp, spec.campaign, project.run_root, progress and sys.stderr.isatty()):
-                rapidfire(
-                    lp,
-                    fworker=fworker,
-                    m_dir=str(project.launch_dir),
-                    nlaunches=0,
-                    sleep_time=1,
-                    strm_lvl="WARNING",
-                    local_redirect=True,
-                )
+                interrupted = work_until_done(lp, fworker, project.launch_dir)
         finally:
             logging.disable(logging.NOTSET)
+        if interrupted:
+            raise KeyboardInterrupt
         result["states"] = {m: dict(c) for m, c in campaign_states(lp, spec.campaign).items()}
         return result

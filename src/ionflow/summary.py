@@ -127,6 +127,7 @@ class MaterialSummary(BaseModel):
     sigma_300k_high_ms_cm: float | None = None
     pinned_ea_ev: float | None = None
     regimes: list[str] = Field(default_factory=list, description="Regimes of the free runs")
+    notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
     provenance: dict = Field(default_factory=dict, description="Code versions, settings, job ids")
 
 
@@ -265,5 +266,6 @@ def build_summary(
         sigma_300k_high_ms_cm=iv[1] if iv else None,
         pinned_ea_ev=pinned_v.ea_ev if pinned_v else None,
         regimes=[r.regime for r in free_v.runs],
+        notes=list(supercell.get("notes", [])),
         provenance={"ionflow": __version__, **(provenance or {})},
     )

@@ -1,0 +1,5 @@
+"""``python -m ionflow.cli``."""
+
+from ionflow.cli import main
+
+main()
