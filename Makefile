@@ -8,9 +8,21 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: install run test test-fast bench wheel lint clean
+.PHONY: install system-deps run test test-fast bench wheel lint clean
 
 install: $(STAMP)
+
+# Debian packages the integration tests use: a real single-node Slurm (slurmctld, slurmd,
+# munge) and headless Chromium (report rendering). Installed only when missing.
+APT_PACKAGES := slurmctld slurmd slurm-client munge chromium
+system-deps:
+	@missing=""; \
+	for b in slurmctld slurmd sbatch munged chromium; do command -v $$b >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo ">> installing Debian packages: $(APT_PACKAGES)"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +38,7 @@ $(STAMP): $(PY) pyproject.toml constraints.txt
 run: install
 	$(VENV)/bin/ionflow run workflows.yaml
 
-test: install wheel
+test: install wheel system-deps
 	$(VENV)/bin/pytest -q
 
 test-fast: install
