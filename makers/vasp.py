@@ -28,6 +28,12 @@ Makers
     ``campaign, material, variant, temperature_k, engine, trajectory`` (+ ``segments``,
     ``md``, ``vasp``).
 
+Inputs without running
+-----------------------
+:func:`planned_vasp_jobs` lists every VASP job of a material with its atomate2 input-set
+generator; ``ionflow inputs`` (:mod:`ionflow.cli.vasp_cmds`) writes them. Job tags:
+``relax`` and ``md_<variant>_<T>K_s<NN>`` (job metadata ``ionflow_vasp_tag``).
+
 Traps handled here
 ------------------
 * atomate2's MD input set defaults to PBEsol (``GGA = PS``): the protocol sets ``GGA = PE``.
@@ -53,6 +59,10 @@ Run-time settings (environment of the worker)
 ``IONFLOW_CUSTODIAN_POLLING_S`` / ``IONFLOW_CUSTODIAN_MONITOR_FREQ``
     Custodian's polling interval (default 10 s) and how many polls between monitor checks
     (default 6: the walltime handler looks every minute).
+``IONFLOW_VASP_WALLTIME_S`` / ``IONFLOW_VASP_SECONDS_PER_STEP`` (read when the flow is built)
+    Without ``md.segment_steps``, size the segments to fit one allocation
+    (:func:`ionflow.vasp.segment_steps_for_walltime`); ``IONFLOW_VASP_WALLTIME_S`` is also the
+    time budget the walltime handler gives each segment job.
 ``IONFLOW_WALLTIME_END``, ``SLURM_JOB_END_TIME``, ``SLURM_JOB_ID``
     Where the walltime handler learns when the allocation ends
     (:func:`ionflow.vasp.allocation_seconds_left`); ``IONFLOW_WALLTIME_BUFFER_S`` (default
