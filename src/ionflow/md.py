@@ -123,7 +123,12 @@ _NHC_CHAIN_LENGTH = 3
 
 
 class MDSettings(BaseModel):
-    """Settings of one NVT MD run (equilibration followed by production)."""
+    """Settings of one NVT MD run (equilibration followed by production).
+
+    Immutable (use ``settings.model_copy(update={...})`` for a variant); unknown keys are
+    rejected. Step counts and the checkpoint interval must be multiples of
+    ``frame_interval_steps``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -269,10 +274,9 @@ def run_md(
         md_constraints: list[Any] = []  # the integrator applies them itself
     else:
         md_constraints = list(user_constraints) if fixed else [FixCom()]
-        work.set_constraint(md_constraints)
-        if work.get_number_of_degrees_of_freedom() != n_dof:  # pragma: no cover - sanity
-            raise RuntimeError("internal error: degrees-of-freedom count mismatch")
     work.set_constraint(md_constraints)
+    if md_constraints and work.get_number_of_degrees_of_freedom() != n_dof:  # pragma: no cover
+        raise RuntimeError("internal error: degrees-of-freedom count mismatch")
 
     fingerprint = _fingerprint(work, fixed, settings, calculator)
     paths = _Paths(workdir)
