@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import statistics
 import sys
 import tempfile
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     from ionflow.results import SUMMARY_COLLECTION, ensure_indexes
     from ionflow.store import LocalServer
 
+    # a killed benchmark still stops its server (the finally below)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rng = np.random.default_rng(args.seed)
     t0 = time.perf_counter()
     docs = [make_summary(i, rng).model_dump(mode="json") for i in range(args.n)]

@@ -249,13 +249,18 @@ def test_build_filter_normalises_inputs():
         "campaign": "alpha",
         "formula": "Li3PS4",
         "chemsys": "Li-P-S",
-        "elements": {"$all": ["Li", "S"]},
+        "elements": "S",  # the rarer one: an equality an index serves
+        "$and": [{"elements": {"$all": ["Li", "S"]}}],
         "engine_md": "chgnet",
         "sigma_300k_ms_cm": {"$gte": 0.1},
         "ea_ev": {"$lte": 0.3},
         "regimes": "caged",
-        "pinned_verdict": {"$regex": "^pinning lowers"},
+        "pinned_verdict": {"$gte": "pinning lowers", "$lt": "pinning lowert"},
     }
+    assert list(f)[:3] == ["formula", "chemsys", "campaign"]  # most selective first
+    assert build_filter(elements="Ge")["elements"] == "Ge"
+    assert build_filter(elements="Li,Ge,S")["elements"] == "Ge"
+    assert build_filter(pinned_verdict="Mixed")["pinned_verdict"] == {"$regex": "mixed evidence"}
     assert build_filter() == {}
     # free text is escaped and case-insensitive
     assert build_filter(pinned_verdict="ratio 1.2 (z")["pinned_verdict"] == {
@@ -476,6 +481,10 @@ def patched_db(monkeypatch, mdb):
     import ionflow.results as results
 
     monkeypatch.setattr(results, "open_database", lambda *a, **k: mdb)
+    no_client = SimpleNamespace(close=lambda: None)
+    monkeypatch.setattr(
+        results, "open_query_database", lambda *a, **k: (mdb, "mongomock", no_client)
+    )
     return mdb
 
 
@@ -521,6 +530,15 @@ def test_cli_query_without_database(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "ionflow-data").exists()  # nothing started or created
 
 
+def test_bad_uri_is_a_user_error(capsys):
+    from ionflow.results import open_query_database
+
+    with pytest.raises(UserInputError, match="starting with 'mongodb://'"):
+        open_query_database(uri="postgres://user:pw@host/db")
+    code, _, err = run_cli(["query", "--uri", "http://x"], capsys)
+    assert code == 2 and "mongodb://" in err and "http://x" not in err
+
+
 def test_cli_export(patched_db, capsys, tmp_path):
     out_file = tmp_path / "x" / "summaries.csv"
     code, out, err = run_cli(
@@ -545,7 +563,11 @@ def server(tmp_path):
 
     srv = LocalServer.ensure(tmp_path / "ionflow-data")
     yield srv
-    srv.stop(timeout_s=10)
+    for _ in range(3):  # the test restarts it once
+        running = LocalServer.running(srv.data_dir)
+        if running is None:
+            break
+        running.stop(timeout_s=10)
 
 
 @pytest.mark.integration
@@ -634,3 +656,19 @@ def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys)
     # a run that does not exist: the message lists what is there
     code, _, err = run_cli([*argv, "--temperature-k", "900", "--out", str(xyz)], capsys)
     assert code == 2 and "runs stored for this material: free 800 K" in err
+    # a stopped server is started again (the database exists), as `ionflow run` would
+    server.stop(timeout_s=10)
+    from ionflow.results import open_query_database
+
+    pdb, where, client = open_query_database(server.data_dir)
+    try:
+        assert "local SecantusDB" in where and pdb[SUMMARY_COLLECTION].count_documents({}) == len(
+            SPECS
+        )
+    finally:
+        client.close()
+    code, out, err = run_cli(["query", *data, "--format", "csv", "--regime", "caged"], capsys)
+    assert code == 0, err
+    assert len(list(csv.DictReader(io.StringIO(out)))) == len(
+        _expected(lambda s: "caged" in s.regimes)
+    )

@@ -66,6 +66,7 @@ __all__ = [
     "known_campaigns",
     "load_summaries",
     "open_database",
+    "open_query_database",
     "open_source",
     "SourceHandle",
     "parse_summary",
@@ -140,6 +141,21 @@ VERDICT_CATEGORIES = {
     "none": "^no pinned control",
     "inconclusive": "^inconclusive",
 }
+
+
+#: Categories that are a prefix of the verdict (see :func:`ionflow.summary.overall_verdict`).
+_VERDICT_PREFIXES = {
+    "lowers": "pinning lowers",
+    "no significant": "no significant",
+    "none": "no pinned control",
+    "inconclusive": "inconclusive",
+}
+#: Elements roughly from most to least common in ion-conductor campaigns (for
+#: :func:`_rarest_element`; elements not listed count as rarest).
+_COMMON_ELEMENTS = (
+    "Li", "O", "S", "P", "Na", "Cl", "N", "F", "Br", "I", "H", "Si", "B", "Se", "K", "Al", "Ge",
+    "Zr", "La", "Ti",
+)  # fmt: skip
 
 
 class SchemaVersionError(UserInputError):
@@ -240,20 +256,12 @@ def open_database(
     UserInputError
         Malformed settings, or the server cannot be started or reached.
     """
-    from ionflow.store import DatabaseSettings, LocalServer, resolve_database
-
     path = Path(data_dir) if data_dir is not None else Path.cwd() / "ionflow-data"
     path = path.expanduser().resolve()
     if uri is None and launchpad is None:
-        has_db = (path / LocalServer.STORAGE_DIR).is_dir() or (
-            path / LocalServer.INFO_FILE
-        ).exists()
-        if not has_db:
-            raise NoDatabaseError(
-                f"no ionflow database in {path} (nothing has been run there): run "
-                "`ionflow run workflows.yaml` first, or give --data-dir of a project, "
-                "--uri or --launchpad"
-            )
+        path = _data_dir_with_database(path)
+    from ionflow.store import DatabaseSettings, resolve_database
+
     settings = DatabaseSettings(
         uri=uri,
         launchpad_file=Path(launchpad) if launchpad is not None else None,
@@ -264,6 +272,98 @@ def open_database(
         return resolve_database(settings)
     except RuntimeError as exc:  # messages are redacted by ionflow.store
         raise UserInputError(f"cannot open the database: {exc}") from None
+
+
+def _local_server_uri(data_dir: Path) -> tuple[str, str] | None:
+    """(uri, description) of the live embedded server of ``data_dir``, without importing
+    :mod:`ionflow.store` (FireWorks/jobflow take seconds to import); None if not running."""
+    import socket
+
+    import psutil
+
+    try:
+        info = json.loads((data_dir / "server.json").read_text())
+        pid, port = int(info["pid"]), int(info["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if info.get("hostname", socket.gethostname()) != socket.gethostname():
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE or str(data_dir / "db") not in proc.cmdline():
+            return None
+    except psutil.AccessDenied:
+        pass
+    except psutil.Error:
+        return None
+    host = info.get("host", "127.0.0.1")
+    return (
+        f"mongodb://{host}:{port}/?journal=true",
+        f"local SecantusDB {host}:{port} (pid {pid}, data {data_dir})",
+    )
+
+
+def open_query_database(
+    data_dir: Path | str | None = None,
+    uri: str | None = None,
+    launchpad: Path | str | None = None,
+    *,
+    database: str = "ionflow",
+) -> tuple[Any, str, Any]:
+    """Open the JobStore database for summary queries: ``(Database, description, client)``.
+
+    Like :func:`open_database`, but connects straight to a ``uri`` or to the data
+    directory's running embedded server without importing :mod:`ionflow.store` (which
+    costs ~2.5 s of FireWorks/jobflow imports per command); a stopped server or a
+    ``launchpad`` file go through :func:`open_database`. The caller closes ``client``.
+
+    Raises
+    ------
+    NoDatabaseError, UserInputError
+        As :func:`open_database`; also a ``uri`` whose server does not answer.
+    """
+    import pymongo
+    from pymongo.errors import PyMongoError
+
+    if launchpad is None:
+        target = None
+        if uri is not None:
+            if not uri.startswith(("mongodb://", "mongodb+srv://")):
+                raise UserInputError(
+                    "database uri: expected a MongoDB connection string starting with "
+                    "'mongodb://' or 'mongodb+srv://'"
+                )
+            target = (uri, "the database at --uri / IONFLOW_DB_URI")
+        else:
+            path = _data_dir_with_database(data_dir)
+            target = _local_server_uri(path)
+        if target is not None:
+            client = pymongo.MongoClient(target[0], serverSelectionTimeoutMS=10_000)
+            try:
+                client[database].command("ping")
+            except PyMongoError as exc:
+                client.close()
+                if uri is not None:  # the message may name hosts, never the password
+                    raise UserInputError(
+                        f"cannot reach {target[1]} ({type(exc).__name__})"
+                    ) from None
+            else:
+                return client[database], target[1], client
+    resolved = open_database(data_dir, uri, launchpad, database=database)
+    client = resolved.client()
+    return client[resolved.database], resolved.description, client
+
+
+def _data_dir_with_database(data_dir: Path | str | None) -> Path:
+    path = Path(data_dir) if data_dir is not None else Path.cwd() / "ionflow-data"
+    path = path.expanduser().resolve()
+    if not ((path / "db").is_dir() or (path / "server.json").exists()):
+        raise NoDatabaseError(
+            f"no ionflow database in {path} (nothing has been run there): run "
+            "`ionflow run workflows.yaml` first, or give --data-dir of a project, "
+            "--uri or --launchpad"
+        )
+    return path
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -395,40 +495,64 @@ def build_filter(
     regime: str | None = None,
     pinned_verdict: str | None = None,
 ) -> dict[str, Any]:
-    """MongoDB filter for :func:`query_summaries` (arguments documented there)."""
-    filt: dict[str, Any] = {}
+    """MongoDB filter for :func:`query_summaries` (arguments documented there).
+
+    The clauses are ordered from the usually most selective to the least, and written
+    in forms an index can serve (an element equality, a string range for a verdict
+    prefix): SecantusDB answers a multi-field filter through the index of the *first*
+    clause that has one, and it decodes every candidate document that index returns.
+    """
     if campaign is not None:
-        filt["campaign"] = campaign
-    if formula is not None:
-        filt["formula"] = _normalize_formula(formula)
-    if chemsys is not None:
-        filt["chemsys"] = _normalize_chemsys(chemsys)
+        campaign = str(campaign)
     els = sorted({_element(e, "elements") for e in _split_list(elements)})
-    if els:
-        filt["elements"] = {"$all": els}
-    if engine is not None:
-        filt["engine_md"] = engine.strip().lower()
-    cond = _range("sigma(300 K)", sigma_min_ms_cm, sigma_max_ms_cm, "mS/cm")
-    if cond:
-        filt["sigma_300k_ms_cm"] = cond
-    cond = _range("Ea", ea_min_ev, ea_max_ev, "eV")
-    if cond:
-        filt["ea_ev"] = cond
+    sigma = _range("sigma(300 K)", sigma_min_ms_cm, sigma_max_ms_cm, "mS/cm")
+    ea = _range("Ea", ea_min_ev, ea_max_ev, "eV")
+    reg = None
     if regime is not None:
         reg = regime.strip().lower()
         if reg not in REGIMES:
             raise UserInputError(f"regime must be one of {', '.join(REGIMES)}; got {regime!r}")
-        filt["regimes"] = reg
+    verdict = None
     if pinned_verdict is not None:
         text = pinned_verdict.strip()
         if not text:
             raise UserInputError("pinned verdict: empty")
-        pattern = VERDICT_CATEGORIES.get(text.lower())
-        if pattern is not None:
-            filt["pinned_verdict"] = {"$regex": pattern}
+        category = text.lower()
+        if category in _VERDICT_PREFIXES:  # anchored prefix → index-servable string range
+            prefix = _VERDICT_PREFIXES[category]
+            verdict = {"$gte": prefix, "$lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)}
+        elif category in VERDICT_CATEGORIES:
+            verdict = {"$regex": VERDICT_CATEGORIES[category]}
         else:
-            filt["pinned_verdict"] = {"$regex": re.escape(text), "$options": "i"}
+            verdict = {"$regex": re.escape(text), "$options": "i"}
+    filt: dict[str, Any] = {}
+    if formula is not None:
+        filt["formula"] = _normalize_formula(formula)
+    if chemsys is not None:
+        filt["chemsys"] = _normalize_chemsys(chemsys)
+    if campaign is not None:
+        filt["campaign"] = campaign
+    if sigma:
+        filt["sigma_300k_ms_cm"] = sigma
+    if ea:
+        filt["ea_ev"] = ea
+    if els:
+        filt["elements"] = _rarest_element(els)  # an equality an index serves …
+    if verdict is not None:
+        filt["pinned_verdict"] = verdict
+    if engine is not None:
+        filt["engine_md"] = engine.strip().lower()
+    if reg is not None:
+        filt["regimes"] = reg
+    if len(els) > 1:
+        filt["$and"] = [{"elements": {"$all": els}}]  # … and all of them must be present
     return filt
+
+
+def _rarest_element(elements: Sequence[str]) -> str:
+    """The element of ``elements`` expected to be in the fewest summaries."""
+    rank = {el: i for i, el in enumerate(_COMMON_ELEMENTS)}
+    return max(elements, key=lambda el: (rank.get(el, len(rank)), el))
 
 
 def verdict_category(verdict: str) -> str:

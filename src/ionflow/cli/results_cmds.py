@@ -8,6 +8,7 @@ is an error, never silently initialised), or ``--uri`` / ``--launchpad``.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,9 +19,7 @@ from ionflow.errors import UserInputError
 
 DataDirOpt = Annotated[
     Path | None,
-    typer.Option(
-        help="Project data directory with the embedded database (default ./ionflow-data)"
-    ),
+    typer.Option(help="Project data directory with the embedded database (default ./ionflow-data)"),
 ]
 UriOpt = Annotated[
     str | None,
@@ -34,26 +33,44 @@ CampaignOpt = Annotated[str | None, typer.Option(help="Only this campaign")]
 OUTPUT_FORMATS = ("table", "json", "csv")
 
 
-def _open(data_dir: Path | None, uri: str | None, launchpad: Path | None):
-    """The project's database with the summaries' indexes in place."""
+def _ensure_indexes(db) -> None:
     from pymongo.errors import OperationFailure
 
     from ionflow import results
 
-    db = results.open_database(data_dir, uri, launchpad)
     try:
         results.ensure_indexes(db)
     except OperationFailure:  # e.g. a read-only account: queries still work, only slower
         pass
+
+
+def _open(data_dir: Path | None, uri: str | None, launchpad: Path | None):
+    """The project's ResolvedDatabase (JobStore access) with the summaries' indexes."""
+    from ionflow import results
+
+    db = results.open_database(data_dir, uri, launchpad)
+    _ensure_indexes(db)
     return db
 
 
-def _no_match_message(db, campaign: str | None) -> str:
+@contextmanager
+def _open_summaries(data_dir: Path | None, uri: str | None, launchpad: Path | None):
+    """(Database, description) for summary-only commands: the fast connection path."""
+    from ionflow import results
+
+    db, description, client = results.open_query_database(data_dir, uri, launchpad)
+    try:
+        _ensure_indexes(db)
+        yield db, description
+    finally:
+        client.close()
+
+
+def _no_match_message(db, campaign: str | None, where: str) -> str:
     from ionflow import results
 
     campaigns = results.known_campaigns(db)
     if not campaigns:
-        where = getattr(db, "description", "the database")
         return f"no summaries stored in {where} yet (a campaign's summary job writes them)"
     if campaign is not None and campaign not in campaigns:
         return f"no summaries of campaign {campaign!r}; campaigns: {', '.join(campaigns)}"
@@ -197,10 +214,10 @@ def query_cmd(
     results.resolve_sort(sort)
     if limit is not None and limit < 1:
         raise UserInputError(f"--limit must be ≥ 1, got {limit}")
-    db = _open(data_dir, uri, launchpad)
-    found = results.query_summaries(db, **filters, sort=sort, descending=not asc, limit=limit)
-    if not found:
-        print(_no_match_message(db, campaign), file=sys.stderr)
+    with _open_summaries(data_dir, uri, launchpad) as (db, where):
+        found = results.query_summaries(db, **filters, sort=sort, descending=not asc, limit=limit)
+        if not found:
+            print(_no_match_message(db, campaign, where), file=sys.stderr)
     if fmt != "table":
         _write_text(_serialise(found, fmt), None)
         return
@@ -245,10 +262,10 @@ def export_cmd(
     fmt = fmt.lower()
     if fmt not in ("csv", "json"):
         raise UserInputError(f"--format must be csv or json; got {fmt!r}")
-    db = _open(data_dir, uri, launchpad)
-    found = results.query_summaries(db, campaign=campaign, sort="campaign", descending=False)
-    if not found:
-        print(_no_match_message(db, campaign), file=sys.stderr)
+    with _open_summaries(data_dir, uri, launchpad) as (db, where):
+        found = results.query_summaries(db, campaign=campaign, sort="campaign", descending=False)
+        if not found:
+            print(_no_match_message(db, campaign, where), file=sys.stderr)
     _write_text(_serialise(found, fmt), out)
     if out is not None:
         print(f"wrote {len(found)} summaries to {out}", file=sys.stderr)
