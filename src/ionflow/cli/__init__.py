@@ -25,6 +25,7 @@ app = typer.Typer(
 def _register() -> None:
     # imported for their side effect of adding commands to `app`
     import ionflow.cli.campaign_cmds  # noqa: F401
+    import ionflow.cli.hpc_cmds  # noqa: F401
     import ionflow.cli.results_cmds  # noqa: F401
     import ionflow.cli.vasp_cmds  # noqa: F401
     from ionflow.cli import analysis_cmds, run_cmds  # noqa: F401

@@ -1,0 +1,400 @@
+"""Cluster commands: ``ionflow submit``, ``launch``, ``recover`` and ``hpc-status``.
+
+``submit`` puts a campaign on the FireWorks LaunchPad and runs nothing; ``launch`` submits
+Slurm jobs per cluster profile (``slurm/profiles/<profile>``) through FireWorks' queue
+launcher; ``recover`` reruns fireworks whose worker is gone; ``hpc-status`` shows each
+material's jobs with a lost column and the queue jobs per profile. See :mod:`ionflow.hpc`
+and ``slurm/README.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from ionflow.cli import app
+from ionflow.errors import UserInputError
+
+if TYPE_CHECKING:
+    from ionflow.store import ResolvedDatabase
+
+SpecOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        help="workflows.yaml (default: ./workflows.yaml if present)", show_default=False
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Project data directory, on a file system the compute nodes share"),
+]
+UriOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar="IONFLOW_DB_URI",
+        help="MongoDB URI (overrides the campaign file; never printed)",
+        show_envvar=True,
+    ),
+]
+LaunchpadOpt = Annotated[
+    Path | None, typer.Option(help="FireWorks my_launchpad.yaml (keep it chmod 600)")
+]
+ExpirationOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--expiration-secs",
+        help="Also count RUNNING jobs without a FireWorks ping for this long as lost "
+        "(pings come hourly by default)",
+    ),
+]
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _open(
+    spec_file: Path | None,
+    data_dir: Path | None,
+    uri: str | None,
+    launchpad: Path | None,
+    *,
+    need_spec: bool = False,
+):
+    """(spec or None, spec path or None, resolved database, absolute data dir)."""
+    from ionflow.dispatch import database_settings
+    from ionflow.hpc import launchpad_file_warning, spec_uri_warning
+    from ionflow.store import DatabaseSettings, resolve_database
+
+    if spec_file is None and Path("workflows.yaml").is_file():
+        spec_file = Path("workflows.yaml")
+    if spec_file is None and need_spec:
+        raise UserInputError("no campaign file given and no ./workflows.yaml here")
+    data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
+    spec = None
+    if spec_file is not None:
+        from ionflow.spec import load_campaign
+
+        spec_file = Path(spec_file)
+        spec, _ = load_campaign(spec_file)
+        warning = spec_uri_warning(spec.execution.db_uri, spec_file)
+        if warning:
+            _warn(warning)
+        settings = database_settings(spec, spec_file.resolve(), data_dir, uri, launchpad)
+    else:
+        settings = DatabaseSettings(uri=uri, launchpad_file=launchpad, data_dir=data_dir)
+    warning = launchpad_file_warning(settings.launchpad_file)
+    if warning:
+        _warn(warning)
+    db = resolve_database(settings)
+    return spec, spec_file, db, data_dir, settings
+
+
+@app.command("submit")
+def submit_cmd(
+    spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Add the campaign to the FireWorks LaunchPad (idempotent); runs nothing."""
+    from rich.console import Console
+
+    from ionflow.dispatch import run_campaign
+    from ionflow.hpc import launchpad_file_warning, spec_uri_warning
+    from ionflow.spec import load_campaign
+
+    spec, _ = load_campaign(spec_file)
+    warning = spec_uri_warning(spec.execution.db_uri, spec_file)
+    if warning:
+        _warn(warning)
+    warning = launchpad_file_warning(launchpad or spec.execution.launchpad)
+    if warning:
+        _warn(warning)
+    con = Console()
+    result = run_campaign(
+        spec_file,
+        data_dir=data_dir,
+        uri=uri,
+        launchpad=launchpad,
+        submit_only=True,
+        progress=False,
+        echo=con.print,
+    )
+    con.print(
+        f"campaign {spec.campaign!r} is on the LaunchPad. Next: "
+        f"`ionflow launch {spec_file} --profile relax --profile md --profile analysis "
+        "--watch` (or one profile at a time), `ionflow hpc-status`, `ionflow recover`."
+    )
+    if result["added"]:
+        con.print(f"added: {', '.join(result['added'])}")
+
+
+def _launch_round(
+    db: ResolvedDatabase,
+    profiles,
+    data_dir: Path,
+    campaign: str | None,
+    max_jobs: int,
+    *,
+    dry_run: bool,
+    do_recover: bool,
+    echo,
+) -> tuple[list, dict[str, int]]:
+    """One round: Slurm snapshot, recovery (if asked), submissions per profile.
+
+    Returns the launch reports and the campaign's firework state counts.
+    """
+    from collections import Counter
+
+    from ionflow.hpc import campaign_done, launch, recover, slurm_queue
+
+    queue = slurm_queue()
+    if queue is None:
+        _warn("squeue failed or is missing: cannot see the queue (is this a Slurm login node?)")
+    lp = db.launchpad()
+    lp.m_logger.setLevel(logging.WARNING)
+    try:
+        if do_recover and queue is not None and not dry_run:
+            rec = recover(db, campaign=campaign, queue_view=lambda: queue, lp=lp)
+            for run in rec.lost:
+                echo(
+                    f"lost: fw {run.fw_id} {run.name}: {run.reason} -> READY again",
+                    soft_wrap=True,
+                )
+        reports = []
+        for profile in profiles:
+            rep = launch(
+                db,
+                profile,
+                data_dir,
+                campaign=campaign,
+                max_jobs=max_jobs,
+                dry_run=dry_run,
+                queue=queue,
+                lp=lp,
+            )
+            reports.append(rep)
+            if rep.submitted:
+                echo(
+                    f"{profile.name}: submitted {len(rep.submitted)} job(s) "
+                    f"({', '.join(rep.submitted)}); {rep.ready} READY firework(s), "
+                    f"{rep.active_jobs} job(s) already queued/running",
+                    soft_wrap=True,
+                )
+            for err in rep.errors:
+                _warn(err)
+        states: dict[str, int] = {}
+        if campaign_done(lp, campaign):
+            q = {"spec.ionflow_campaign": campaign} if campaign else {}
+            states = dict(Counter(fw["state"] for fw in lp.fireworks.find(q, {"state": 1})))
+        return reports, states
+    finally:
+        lp.connection.close()
+
+
+@app.command("launch")
+def launch_cmd(
+    spec_file: SpecOpt = None,
+    profile: Annotated[
+        list[str],
+        typer.Option(help="Cluster profile(s): relax, md, analysis (repeat the option)"),
+    ] = ["md"],  # noqa: B006 (typer needs a literal default)
+    max_jobs: Annotated[
+        int, typer.Option("--max", min=1, help="At most this many jobs per profile in the queue")
+    ] = 1,
+    profiles_dir: Annotated[
+        Path | None, typer.Option(help="Directory of profiles (default: slurm/profiles)")
+    ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Keep going: every --interval s recover lost runs and submit, until the "
+            "campaign is done",
+        ),
+    ] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between --watch rounds")] = 30,
+    max_wait: Annotated[
+        float | None, typer.Option(help="Give up --watch after this many seconds (exit 3)")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be submitted")
+    ] = False,
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Submit Slurm jobs (FireWorks queue launcher) that run the READY jobs of a profile."""
+    from pymongo.errors import PyMongoError
+    from rich.console import Console
+
+    from ionflow.hpc import load_profile
+
+    con = Console()
+    profiles = [load_profile(p, profiles_dir) for p in profile]
+    spec, _, db, data_dir, settings = _open(spec_file, data_dir, uri, launchpad)
+    campaign = spec.campaign if spec is not None else None
+    con.print(f"database: {db.description}", soft_wrap=True, markup=False)
+    start = time.monotonic()
+    while True:
+        try:
+            reports, done = _launch_round(
+                db,
+                profiles,
+                data_dir,
+                campaign,
+                max_jobs,
+                dry_run=dry_run,
+                do_recover=watch,
+                echo=con.print,
+            )
+        except PyMongoError as exc:
+            if not watch:
+                raise
+            _warn(f"database error, retrying next round: {type(exc).__name__}")
+            reports, done = [], {}
+        if not watch:
+            for rep in reports:
+                if not rep.submitted:
+                    what = f"would submit {rep.planned} job(s)" if dry_run else "nothing to submit"
+                    con.print(
+                        f"{rep.profile}: {what} ({rep.ready} READY, {rep.active_jobs} job(s) "
+                        f"queued/running, max {max_jobs})",
+                        soft_wrap=True,
+                    )
+            return
+        if done:
+            n_bad, n_waiting = done.get("FIZZLED", 0), done.get("WAITING", 0)
+            con.print(
+                f"campaign done: {done.get('COMPLETED', 0)} completed, {n_bad} fizzled"
+                + (f", {n_waiting} waiting on failed jobs" if n_waiting else "")
+                + (" — see `ionflow status`" if n_bad else ""),
+                soft_wrap=True,
+            )
+            if n_bad:
+                raise typer.Exit(1)
+            return
+        if max_wait is not None and time.monotonic() - start > max_wait:
+            _warn(f"--max-wait {max_wait:g} s reached before the campaign finished")
+            raise typer.Exit(3)
+        time.sleep(interval)
+        # the embedded server may have been restarted on another port: resolve again, which
+        # also rewrites the worker files that jobs read when they start
+        from ionflow.store import resolve_database
+
+        try:
+            db = resolve_database(settings)
+        except RuntimeError as exc:
+            _warn(f"database unreachable, retrying: {exc}")
+
+
+@app.command("recover")
+def recover_cmd(
+    spec_file: SpecOpt = None,
+    expiration_secs: ExpirationOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only")] = False,
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Find lost runs (Slurm job gone, or no ping) and make them READY again.
+
+    MD reruns resume from their checkpoint (stable working directories).
+    """
+    from rich.console import Console
+
+    from ionflow.hpc import recover
+
+    con = Console()
+    spec, _, db, _, _ = _open(spec_file, data_dir, uri, launchpad)
+    campaign = spec.campaign if spec is not None else None
+    rep = recover(db, campaign=campaign, expiration_secs=expiration_secs, dry_run=dry_run)
+    if not rep.slurm_available:
+        _warn("squeue failed or is missing: only FireWorks pings were checked")
+    if not rep.lost:
+        con.print(
+            f"no lost runs among {rep.running_checked} running job(s)"
+            + (f" of campaign {campaign!r}" if campaign else "")
+        )
+    else:
+        head = "lost runs" + (" (dry run: nothing changed)" if dry_run else "")
+        con.print(f"{head}:", soft_wrap=True)
+        for run in rep.lost:
+            action = (
+                ""
+                if dry_run
+                else " -> reservation cancelled, READY"
+                if run.fw_id in rep.unreserved
+                else " -> rerun, READY"
+            )
+            con.print(
+                f"  fw {run.fw_id} {run.name} ({run.material}): {run.reason}{action}",
+                soft_wrap=True,
+                markup=False,
+            )
+        if not dry_run:
+            con.print(
+                f"{len(rep.rerun) + len(rep.unreserved)} job(s) READY again; MD resumes from "
+                "its last checkpoint. Submit workers: `ionflow launch --profile md`.",
+                soft_wrap=True,
+            )
+    if rep.inconsistent:
+        con.print(f"refreshed {len(rep.inconsistent)} inconsistent firework(s)")
+
+
+@app.command("hpc-status")
+def hpc_status_cmd(
+    spec_file: SpecOpt = None,
+    expiration_secs: ExpirationOpt = None,
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Per material: queued/waiting/running/completed/fizzled/lost jobs; queue jobs per profile."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from ionflow.hpc import campaign_overview
+
+    con = Console()
+    spec, _, db, _, _ = _open(spec_file, data_dir, uri, launchpad, need_spec=True)
+    ov = campaign_overview(db, spec.campaign, expiration_secs=expiration_secs)
+    if not ov["materials"]:
+        con.print(f"campaign {spec.campaign}: nothing submitted yet ({db.description})")
+        return
+    cols = ("queued", "waiting", "running", "completed", "fizzled", "lost")
+    tab = Table(title=f"campaign {spec.campaign}")
+    tab.add_column("material")
+    for col in cols:
+        tab.add_column(col, justify="right")
+    total = {c: 0 for c in cols}
+    for mat, c in ov["materials"].items():
+        tab.add_row(mat, *(str(c.get(col, 0)) for col in cols))
+        for col in cols:
+            total[col] += c.get(col, 0)
+    tab.add_row("[bold]all[/]", *(f"[bold]{total[c]}[/]" for c in cols))
+    con.print(tab)
+    if not ov["slurm_available"]:
+        con.print("Slurm: squeue unavailable (lost column from FireWorks pings only)")
+    elif ov["jobs"]:
+        con.print(
+            "Slurm jobs: "
+            + "; ".join(
+                f"{prof}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items()))
+                for prof, c in sorted(ov["jobs"].items())
+            )
+        )
+    else:
+        con.print("Slurm jobs: none queued or running")
+    for run in ov["lost"]:
+        con.print(
+            f"lost: fw {run.fw_id} {run.name}: {run.reason} (`ionflow recover`)",
+            soft_wrap=True,
+            markup=False,
+        )
