@@ -583,6 +583,10 @@ def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys)
     try:
         pdb = client[db.database]
         insert_all(pdb)
+        # analyses via a caller's Database: its client must stay open (regression)
+        lps = query_summaries(pdb, campaign="alpha", formula="Li3PS4")[0]
+        for _ in range(2):
+            assert len(fetch_run_analyses(pdb, lps)) == 6
         names = ensure_indexes(db)
         assert "campaign_material_unique" in names
         # the server uses the indexes

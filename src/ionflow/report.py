@@ -178,10 +178,15 @@ def _msd_figure(
 # ----------------------------------------------------------------------------- content
 
 
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
 def _notes(s: MaterialSummary, runs: list[RunAnalysis]) -> list[str]:
     notes = [str(n) for n in (getattr(s, "notes", None) or [])]  # summary caveats (schema ≥ 1.0)
     if s.pinned is None:
-        notes.append(f"No pinned control: {s.pinned_reason or 'not requested'}.")
+        notes.append(f"No pinned control: {s.pinned_reason or 'not requested'}")
     for v in (s.free, s.pinned):
         if v is None:
             continue
@@ -192,12 +197,12 @@ def _notes(s: MaterialSummary, runs: list[RunAnalysis]) -> list[str]:
                     "(no D or σ reported; left out of the Arrhenius fit)."
                 )
         if v.arrhenius is None:
-            notes.append(f"{v.variant}: no Arrhenius fit — {v.arrhenius_note or 'no data'}.")
+            notes.append(f"{v.variant}: no Arrhenius fit — {v.arrhenius_note or 'no data'}")
         elif v.arrhenius_note:
-            notes.append(f"{v.variant} Arrhenius fit: {v.arrhenius_note}.")
+            notes.append(f"{v.variant} Arrhenius fit: {v.arrhenius_note}")
     for run in runs:
         for w in run.analysis.warnings:
-            notes.append(f"{run.variant} {run.temperature_k:g} K analysis: {w}.")
+            notes.append(f"{run.variant} {run.temperature_k:g} K analysis: {w}")
     expected = {
         (v.variant, r.temperature_k) for v in (s.free, s.pinned) if v is not None for r in v.runs
     }
@@ -205,8 +210,8 @@ def _notes(s: MaterialSummary, runs: list[RunAnalysis]) -> list[str]:
     missing = sorted(expected - found)
     if missing:
         which = ", ".join(f"{v} {t:g} K" for v, t in missing)
-        notes.append(f"MSD curves not found in the JobStore for: {which}.")
-    return notes
+        notes.append(f"MSD curves not found in the JobStore for: {which}")
+    return [_sentence(n) for n in notes]
 
 
 def build_sections(

@@ -177,15 +177,17 @@ class SourceHandle:
     resolved: Any = None
 
     def jobstore(self):
-        """A connected JobStore over ``outputs`` (GridFS data store when resolved)."""
+        """``(store, owned)``: a connected JobStore over ``outputs`` (with the GridFS data
+        store when resolved); close it only if ``owned`` -- a store wrapped around the
+        caller's collection would close the caller's client."""
         if self.resolved is not None:
             store = self.resolved.jobstore()
             store.connect()
-            return store
+            return store, True
         from jobflow import JobStore
         from maggma.stores import MongoStore
 
-        return JobStore(MongoStore.from_collection(self.db[OUTPUTS_COLLECTION]))
+        return JobStore(MongoStore.from_collection(self.db[OUTPUTS_COLLECTION])), False
 
 
 def _kind(obj: Any) -> str:
@@ -965,13 +967,14 @@ def iter_run_analyses(
 ) -> Iterator[tuple[MaterialSummary, list[RunAnalysis]]]:
     """(summary, its run analyses) for each summary, over one connection (see below)."""
     with open_source(source) as handle:
-        store = handle.jobstore()
+        store, owned = handle.jobstore()
         try:
             for s in summaries:
                 yield s, _query_analyses(store, s)
         finally:
-            with contextlib.suppress(Exception):
-                store.close()
+            if owned:
+                with contextlib.suppress(Exception):
+                    store.close()
 
 
 def fetch_run_analyses(source: Any, summary: MaterialSummary) -> list[RunAnalysis]:
