@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PIP_FLAGS := --disable-pip-version-check -q
 
-.PHONY: install system-deps run test test-fast bench wheel lint clean
+.PHONY: install system-deps run test test-fast bench bench-all wheel lint clean
 
 install: $(STAMP)
 
@@ -53,6 +53,12 @@ wheel: install
 
 bench: install
 	$(PY) benchmarks/analysis_vs_pymatgen.py
+
+# every benchmark (~30–40 min): analysis, MLMD overhead, submit scale, query latency
+bench-all: bench
+	$(PY) benchmarks/mlmd_overhead.py
+	$(PY) benchmarks/submit_scale.py
+	$(PY) benchmarks/query_scale.py --repeats 12
 
 lint: install
 	$(VENV)/bin/ruff check src makers flows tests benchmarks
