@@ -75,6 +75,7 @@ def plot_arrhenius(
     if own:
         fig, ax = plt.subplots(figsize=(6.0, 4.4), dpi=120)
     colors = ["tab:blue", "tab:red", "tab:green", "tab:purple"]
+    y_seen: list[float] = []
     for (label, fit), col in zip(fits, colors, strict=False):
         temps = np.array(fit.temperatures_k)
         d = np.array(fit.diffusivities_cm2_s)
@@ -103,7 +104,11 @@ def plot_arrhenius(
             lo, hi = fit.d_at_t_interval_cm2_s
             ax.plot([xt, xt], [lo, hi], color=col, lw=4, alpha=0.6)
         ax.plot([xt], [fit.d_at_t_cm2_s], marker="D", color=col, mfc="white")
+        y_seen += [*(d - err).clip(min=d * 0.1), *(d + err), fit.d_at_t_cm2_s]
+        y_seen += list(fit.d_at_t_interval_cm2_s or ())
     ax.set_yscale("log")
+    if y_seen:  # frame the data and 68 % intervals; a wide 95 % bar runs off the axes
+        ax.set_ylim(min(y_seen) / 3.0, max(y_seen) * 3.0)
     ax.set_xlabel("1000 / T (1/K)")
     ax.set_ylabel("D (cm²/s)")
     ax.set_title("Arrhenius (◇ extrapolation; bars: 68 % thick, 95 % thin)", fontsize=9)
