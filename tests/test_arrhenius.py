@@ -172,3 +172,14 @@ def test_missing_temperature_is_a_user_error() -> None:
         fit_arrhenius([None, 600.0, 800.0], [1e-5, 1e-6, 2e-6], [1e-6, 1e-7, 2e-7])
     with pytest.raises(UserInputError, match="temperature must be > 0"):
         fit_arrhenius([-5.0, 600.0, 800.0], [1e-5, 1e-6, 2e-6], [1e-6, 1e-7, 2e-7])
+
+
+def test_unresolved_activation_energy_is_flagged():
+    """D falling with T (within large errors) must not pass silently as a negative Ea."""
+    from ionflow.analysis import fit_arrhenius
+
+    fit = fit_arrhenius([900.0, 1000.0, 1100.0], [5e-5, 4.5e-5, 4e-5], [1.5e-5, 1.5e-5, 1.5e-5])
+    assert fit.ea_ev < 0
+    assert any("not resolved as positive" in w for w in fit.warnings)
+    clean = fit_arrhenius([600.0, 800.0, 1000.0], [1e-7, 1e-6, 4e-6], [1e-9, 1e-8, 4e-8])
+    assert clean.ea_ev > 0 and not any("not resolved" in w for w in clean.warnings)

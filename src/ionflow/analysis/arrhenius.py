@@ -153,6 +153,12 @@ def fit_arrhenius(
             z68, z95 = 1.0, 1.959963985
         iv68 = (math.exp(ln_d - z68 * sd), math.exp(ln_d + z68 * sd))
         iv95 = (math.exp(ln_d - z95 * sd), math.exp(ln_d + z95 * sd))
+    if ea_err is not None and not ea > 2.0 * ea_err:
+        notes.append(
+            f"Ea = {ea:.3f} ± {ea_err:.3f} eV is not resolved as positive (< 2σ): the runs are "
+            "too short or the temperature range too narrow for an activation energy, and the "
+            "extrapolation is not meaningful"
+        )
     sig = sig68 = sig95 = None
     if sigma_factor_ms_cm_k is not None:
         f = sigma_factor_ms_cm_k / at_temperature_k
