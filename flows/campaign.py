@@ -42,6 +42,16 @@ class MaterialCampaignMaker(Maker):
         Temperatures of the series.
     pinned_control
         Whether to run the pinned variant (decided at submit time from the structure).
+    engine_relax
+        Relaxation engine (recorded in the summary).
+    planned_at
+        When the flow was planned (epoch seconds): a summary never overwrites one planned
+        later (see :class:`~ionflow.makers.analysis.SummaryMaker`).
+
+    Every job carries ``metadata.ionflow_stage`` (relax, supercell, md, analysis,
+    arrhenius, summary); MD, analysis and Arrhenius jobs also ``ionflow_variant`` and MD
+    and analysis jobs ``ionflow_temperature_k``. :mod:`ionflow.campaign` keys each job by
+    these to reuse what an earlier submission already has.
     """
 
     name: str = "ionflow campaign"
@@ -53,6 +63,7 @@ class MaterialCampaignMaker(Maker):
     temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0)
     pinned_control: bool = True
     engine_relax: str = "chgnet"
+    planned_at: float | None = None
 
     def make(self, structure, material: str, metadata: dict | None = None) -> Flow:
         """The flow of ``material`` starting from ``structure``."""
@@ -62,12 +73,14 @@ class MaterialCampaignMaker(Maker):
         if self.relax_maker is not None:
             relax = relax_job = self.relax_maker.make(structure)
             relax.append_name(f" {material}")
+            relax.update_metadata({"ionflow_stage": "relax"})
             jobs.append(relax)
             start = relax.output.structure
         else:
             start = structure
         sc = self.supercell_maker.make(start)
         sc.append_name(f" {material}")
+        sc.update_metadata({"ionflow_stage": "supercell"})
         jobs.append(sc)
         variants = ["free", "pinned"] if self.pinned_control else ["free"]
         analyses: dict[str, list] = {v: [] for v in variants}
@@ -87,6 +100,8 @@ class MaterialCampaignMaker(Maker):
                 an = replace(self.analysis_maker, name=f"analysis {material} {v} {t:g}K").make(
                     md.output
                 )
+                md.update_metadata({"ionflow_stage": "md"})
+                an.update_metadata({"ionflow_stage": "analysis"})
                 for j in (md, an):
                     j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": float(t)})
                 jobs += [md, an]
@@ -95,6 +110,7 @@ class MaterialCampaignMaker(Maker):
         fits = {}
         for v in variants:
             fit = ArrheniusMaker(name=f"arrhenius {material} {v}", variant=v).make(analyses[v])
+            fit.update_metadata({"ionflow_stage": "arrhenius", "ionflow_variant": v})
             jobs.append(fit)
             fits[v] = fit.output
         summary = SummaryMaker(
@@ -104,6 +120,7 @@ class MaterialCampaignMaker(Maker):
             mobile_species=self.analysis_maker.mobile_species,
             engine_md=self.md_maker.engine,
             engine_relax=self.engine_relax,
+            planned_at=self.planned_at,
         ).make(
             start,
             sc.output,
@@ -128,6 +145,7 @@ class MaterialCampaignMaker(Maker):
                 },
             },
         )
+        summary.update_metadata({"ionflow_stage": "summary"})
         jobs.append(summary)
         kinds = {id(relax_job): "relax", **{id(m): "md" for m in md_jobs}}
         for j in jobs:

@@ -90,7 +90,9 @@ class SummaryMaker(Maker):
     """Arrhenius fits per variant + free/pinned comparison → one summary document.
 
     The summary is the job output and is also upserted into the ``summaries`` collection of
-    the JobStore database (keyed by campaign + material) for ``ionflow query``.
+    the JobStore database (keyed by campaign + material) for ``ionflow query`` — unless the
+    stored summary was planned later (``provenance.planned_at``): when a submission adds
+    temperatures, the new summary job supersedes the old one whichever runs last.
     """
 
     name: str = "summary"
@@ -99,6 +101,7 @@ class SummaryMaker(Maker):
     mobile_species: str = "Li"
     engine_md: str = "chgnet"
     engine_relax: str = "chgnet"
+    planned_at: float | None = None
 
     @job(config=JobConfig(expose_store=True))
     def make(self, structure, supercell: dict, free: dict, pinned: dict | None, provenance: dict):
@@ -118,14 +121,13 @@ class SummaryMaker(Maker):
             supercell=supercell,
             free=VariantSummary.model_validate(free),
             pinned=VariantSummary.model_validate(pinned) if pinned else None,
-            provenance=provenance,
+            provenance={**provenance, "planned_at": self.planned_at},
         )
         doc = summary.model_dump(mode="json")
         store = getattr(CURRENT_JOB, "store", None)
         db = _database(store) if store is not None else None
         if db is not None:
-            coll = db[SUMMARY_COLLECTION]
-            coll.replace_one(
-                {"campaign": self.campaign, "material": self.material}, doc, upsert=True
-            )
+            from ionflow.summary import store_summary
+
+            store_summary(db[SUMMARY_COLLECTION], doc)
         return doc

@@ -146,7 +146,9 @@ def test_toy_campaign_end_to_end_and_idempotent(project):
     spec = _spec(project, relax="none")
     first = _run(["run", str(spec), "--quiet"], cwd=project)
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "submitted 2 material(s) (19 jobs)" in first.stdout.replace("\n", " ")
+    assert "submitted 19 new job(s) (2 new material(s), 0 extended)" in first.stdout.replace(
+        "\n", " "
+    )
 
     db = _db(project)
     lp = db.launchpad()
@@ -173,13 +175,55 @@ def test_toy_campaign_end_to_end_and_idempotent(project):
 
     again = _run(["run", str(spec), "--quiet"], cwd=project)
     assert again.returncode == 0, again.stderr
-    assert "submitted 0 material(s) (0 jobs); reused 2" in again.stdout.replace("\n", " ")
+    out = " ".join(again.stdout.split())
+    assert "submitted 0 new job(s) (0 new material(s), 0 extended); reused 19 job(s)" in out
     assert lp.fireworks.count_documents({}) == 19
     with db.client() as client:
-        assert client[db.database]["summaries"].count_documents({}) == 2
-        assert client[db.database]["trajectories.files"].count_documents({}) == 6
+        mdb = client[db.database]
+        assert mdb["summaries"].count_documents({}) == 2
+        assert mdb["trajectories.files"].count_documents({}) == 6
+        md_done = {
+            d["uuid"]: d["completed_at"] for d in mdb["outputs"].find({"name": {"$regex": "^md "}})
+        }
     status = _run(["status", str(spec)], cwd=project)
     assert status.returncode == 0 and "COMPLETED" in status.stdout
+    assert "added 0 job(s) and reused 19" in " ".join(status.stdout.split())
+
+    # one more temperature: only its runs, new fits and new summaries are added and run
+    spec = _spec(project, relax="none", temps=(600, 900, 1200))
+    more = _run(["run", str(spec), "--quiet"], cwd=project)
+    assert more.returncode == 0, more.stdout + more.stderr
+    out = " ".join(more.stdout.split())
+    assert "submitted 11 new job(s) (0 new material(s), 2 extended); reused 14 job(s)" in out
+    assert lp.fireworks.count_documents({}) == 30
+    assert lp.workflows.count_documents({}) == 2
+    assert {fw["state"] for fw in lp.fireworks.find({})} == {"COMPLETED"}
+    with db.client() as client:
+        mdb = client[db.database]
+        md_now = {
+            d["uuid"]: d["completed_at"] for d in mdb["outputs"].find({"name": {"$regex": "^md "}})
+        }
+        assert (
+            len(md_now) == 9 and mdb["outputs"].count_documents({"name": {"$regex": "^md "}}) == 9
+        )
+        assert {u: md_now[u] for u in md_done} == md_done  # the old runs were not redone
+        assert mdb["trajectories.files"].count_documents({}) == 9
+        summaries = {d["material"]: d for d in mdb["summaries"].find({}, {"_id": 0})}
+        assert len(summaries) == 2
+        for s in summaries.values():
+            assert s["temperatures_k"] == [600.0, 900.0, 1200.0]
+        li6 = summaries["Li6PS5Cl"]
+        assert [r["temperature_k"] for r in li6["pinned"]["runs"]] == [600.0, 900.0, 1200.0]
+        # the new summary reuses the existing analyses (their job uuids)
+        old_analyses = {
+            d["uuid"]
+            for d in mdb["outputs"].find({"name": {"$regex": "^analysis Li6PS5Cl free (600|900)K"}})
+        }
+        assert old_analyses <= {r["analysis_uuid"] for r in li6["free"]["runs"]}
+    status = _run(["status", str(spec)], cwd=project)
+    text = " ".join(status.stdout.split())
+    assert "added 11 job(s) and reused 14" in text
+    assert "Li3N: extended — added md Li3N free 1200K" in text
 
 
 def test_interrupted_run_resumes_from_checkpoint(project):

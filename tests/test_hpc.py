@@ -349,7 +349,7 @@ def test_worker_files_hold_no_secret_outside_private_files(db, tmp_path, fake_sl
 # ----------------------------------------------------------------------------- submit
 
 
-def _planned(tmp_path):
+def _planned(tmp_path, temps="600, 900"):
     from ionflow.campaign import plan_campaign
     from ionflow.spec import load_campaign
 
@@ -359,7 +359,7 @@ def _planned(tmp_path):
 mobile_species: Li
 engine: {{relax: toy, md: toy}}
 md:
-  temperatures_k: [600, 900]
+  temperatures_k: [{temps}]
   time_step_fs: 2.0
   equilibration_ps: 0.1
   production_ps: 0.4
@@ -424,7 +424,8 @@ def test_fast_submit_is_a_valid_idempotent_launchpad(db, tmp_path, monkeypatch):
     lp = db.launchpad()
     lp.add_wf(Firework(ScriptTask.from_str("true"), name="before"))  # ids already in use
     result = campaign.submit(lp, planned, spec.campaign)
-    assert result == {"added": ["Li6PS5Cl", "Li3N"], "reused": []}
+    assert result["added"] == ["Li6PS5Cl", "Li3N"] and result["reused"] == []
+    assert result["extended"] == [] and result["jobs_reused"] == 0
     n = sum(p.n_jobs for p in planned)
     ids = sorted(d["fw_id"] for d in lp.fireworks.find({"spec.ionflow_campaign": spec.campaign}))
     assert ids == list(range(2, 2 + n))
@@ -437,8 +438,161 @@ def test_fast_submit_is_a_valid_idempotent_launchpad(db, tmp_path, monkeypatch):
     mapping = lp.add_wf(Firework(ScriptTask.from_str("true"), name="after"))
     assert list(mapping.values()) == [2 + n]  # the id counter moved past the campaign
     again = campaign.submit(lp, planned, spec.campaign)
-    assert again == {"added": [], "reused": ["Li6PS5Cl", "Li3N"]}
+    assert again["added"] == [] and again["extended"] == []
+    assert again["reused"] == ["Li6PS5Cl", "Li3N"]
+    assert again["jobs_added"] == 0 and again["jobs_reused"] == n
     assert lp.fireworks.count_documents({"spec.ionflow_campaign": spec.campaign}) == n
+
+
+def _fw_by_name(lp, campaign):
+    return {
+        d["name"]: d
+        for d in lp.fireworks.find({"spec.ionflow_campaign": campaign}, {"_id": 0, "launches": 0})
+    }
+
+
+def test_added_temperature_appends_only_new_runs(db, tmp_path):
+    """[600, 900] → [600, 900, 1200]: new MD/analysis at 1200 K + new fits and summary,
+    wired to the existing supercell and analyses; nothing else is added."""
+    import ionflow.campaign as campaign
+
+    spec, planned = _planned(tmp_path)
+    lp = db.launchpad()
+    campaign.submit(lp, planned, spec.campaign)
+    before = _fw_by_name(lp, spec.campaign)
+    # the supercell of Li6PS5Cl has run: its new children must be READY, the others WAITING
+    sc_id = before["supercell Li6PS5Cl"]["fw_id"]
+    wf = lp.get_wf_by_fw_id(sc_id)
+    for fw_id in (before["relax Li6PS5Cl"]["fw_id"], sc_id):
+        wf.id_fw[fw_id].state = "COMPLETED"
+    lp.fireworks.update_many(
+        {"fw_id": {"$in": [before["relax Li6PS5Cl"]["fw_id"], sc_id]}},
+        {"$set": {"state": "COMPLETED"}},
+    )
+    lp.workflows.update_one(
+        {"nodes": sc_id},
+        {
+            "$set": {
+                f"fw_states.{before['relax Li6PS5Cl']['fw_id']}": "COMPLETED",
+                f"fw_states.{sc_id}": "COMPLETED",
+            }
+        },
+    )
+
+    spec3, planned3 = _planned(tmp_path, temps="600, 900, 1200")
+    res = campaign.submit(lp, planned3, spec3.campaign)
+    assert res["added"] == [] and res["reused"] == []
+    assert res["extended"] == ["Li6PS5Cl", "Li3N"]
+    new_li6 = sorted(res["details"]["Li6PS5Cl"]["added"])
+    assert new_li6 == sorted(
+        [
+            "md Li6PS5Cl free 1200K",
+            "md Li6PS5Cl pinned 1200K",
+            "analysis Li6PS5Cl free 1200K",
+            "analysis Li6PS5Cl pinned 1200K",
+            "arrhenius Li6PS5Cl free",
+            "arrhenius Li6PS5Cl pinned",
+            "summary Li6PS5Cl",
+        ]
+    )
+    assert len(res["details"]["Li3N"]["added"]) == 4  # md, analysis, fit, summary
+    assert res["jobs_added"] == 11
+    assert res["jobs_reused"] == sum(p.n_jobs for p in planned3) - 11
+    after = list(lp.fireworks.find({"spec.ionflow_campaign": spec.campaign}, {"_id": 0}))
+    assert len(after) == len(before) + 11
+    assert lp.workflows.count_documents({}) == 2  # extended, not a second workflow
+    uuid = {d["fw_id"]: d["spec"]["ionflow_job_uuid"] for d in after}
+    names = {d["fw_id"]: d["name"] for d in after}
+
+    wf = lp.get_wf_by_fw_id(sc_id)  # FireWorks reads the extended workflow back
+    parents = {names[c]: sorted(names[p] for p in ps) for c, ps in wf.links.parent_links.items()}
+    assert parents["md Li6PS5Cl free 1200K"] == ["supercell Li6PS5Cl"]
+    assert parents["analysis Li6PS5Cl pinned 1200K"] == ["md Li6PS5Cl pinned 1200K"]
+    new_fits = [i for i in wf.id_fw if names[i] == "arrhenius Li6PS5Cl free"]
+    assert len(new_fits) == 2  # the old fit stays (its result is kept), the new one is added
+    newest = max(new_fits)
+    assert sorted(names[p] for p in wf.links.parent_links[newest]) == [
+        "analysis Li6PS5Cl free 1200K",
+        "analysis Li6PS5Cl free 600K",
+        "analysis Li6PS5Cl free 900K",
+    ]
+    # the references of the new fit point to the existing analyses' jobs
+    fit_job = wf.id_fw[newest].tasks[0]["job"]
+    assert {r.uuid for r in fit_job.input_references} == {
+        uuid[p] for p in wf.links.parent_links[newest]
+    }
+    state = {
+        names[i]: s for i, s in wf.fw_states.items() if i > max(d["fw_id"] for d in before.values())
+    }
+    assert state["md Li6PS5Cl free 1200K"] == "READY"  # its supercell is COMPLETED
+    assert state["md Li6PS5Cl free 1200K"] == state["md Li6PS5Cl pinned 1200K"]
+    assert state["arrhenius Li6PS5Cl free"] == "WAITING"
+    li3n_md = lp.fireworks.find_one({"name": "md Li3N free 1200K"})
+    assert li3n_md["state"] == "WAITING"  # Li3N's supercell has not run
+    assert wf.id_fw[newest].spec["_category"] == "analysis"
+    assert (
+        wf.id_fw[[i for i in wf.id_fw if names[i] == "md Li6PS5Cl free 1200K"][0]].spec["_category"]
+        == "md"
+    )
+    # once more: nothing to add
+    again = campaign.submit(lp, planned3, spec3.campaign)
+    assert again["reused"] == ["Li6PS5Cl", "Li3N"] and again["jobs_added"] == 0
+    assert lp.fireworks.count_documents({"spec.ionflow_campaign": spec.campaign}) == len(after)
+    # and back to two temperatures: that summary exists already
+    back = campaign.submit(lp, planned, spec.campaign)
+    assert back["reused"] == ["Li6PS5Cl", "Li3N"] and back["jobs_added"] == 0
+    last = campaign.last_submission(lp, spec.campaign)
+    assert last["jobs_added"] == 0 and last["materials"]["Li3N"]["mode"] == "unchanged"
+
+
+def test_changed_md_settings_reuse_the_relaxation_only(db, tmp_path):
+    import ionflow.campaign as campaign
+
+    spec, planned = _planned(tmp_path)
+    lp = db.launchpad()
+    campaign.submit(lp, planned, spec.campaign)
+    n0 = lp.fireworks.count_documents({})
+    text = (
+        (tmp_path / "workflows.yaml")
+        .read_text()
+        .replace("production_ps: 0.4", "production_ps: 0.8")
+    )
+    (tmp_path / "workflows.yaml").write_text(text)
+    from ionflow.spec import load_campaign
+
+    spec2, mats2 = load_campaign(tmp_path / "workflows.yaml")
+    planned2 = campaign.plan_campaign(spec2, mats2, tmp_path / "runs")
+    res = campaign.submit(lp, planned2, spec2.campaign)
+    assert res["extended"] == ["Li6PS5Cl", "Li3N"]
+    for name, p in zip(("Li6PS5Cl", "Li3N"), planned2, strict=True):
+        assert sorted(res["details"][name]["reused"]) == [f"relax {name}", f"supercell {name}"]
+        assert len(res["details"][name]["added"]) == p.n_jobs - 2
+    assert lp.fireworks.count_documents({}) == n0 + sum(p.n_jobs - 2 for p in planned2)
+
+
+def test_incomplete_workflow_of_a_failed_submission_is_replaced(db, tmp_path):
+    import ionflow.campaign as campaign
+
+    spec, planned = _planned(tmp_path)
+    lp = db.launchpad()
+    campaign.submit(lp, planned[:1], spec.campaign)
+    # a workflow document written without its fireworks (the database failed in between)
+    ghost = {
+        "nodes": [9001, 9002],
+        "links": {"9001": [9002], "9002": []},
+        "parent_links": {"9002": [9001]},
+        "fw_states": {"9001": "READY", "9002": "WAITING"},
+        "metadata": {"ionflow_campaign": spec.campaign, "ionflow_material": "Li3N"},
+        "name": "ghost",
+        "state": "READY",
+    }
+    lp.workflows.insert_one(ghost)
+    res = campaign.submit(lp, planned, spec.campaign)
+    assert res["dropped"] == ["Li3N"] and res["added"] == ["Li3N"]
+    assert res["reused"] == ["Li6PS5Cl"]
+    assert lp.workflows.count_documents({"name": "ghost"}) == 0
+    assert lp.workflows.count_documents({}) == 2
+    assert "interrupted earlier submission: Li3N" in campaign.submission_lines(res)[0]
 
 
 def test_campaign_done(db):

@@ -676,3 +676,27 @@ def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys)
     assert len(list(csv.DictReader(io.StringIO(out)))) == len(
         _expected(lambda s: "caged" in s.regimes)
     )
+
+
+def test_later_planned_summary_wins_whatever_the_order():
+    """An extended material's new summary supersedes the old one, even if the old runs last."""
+    from ionflow.summary import store_summary
+
+    coll = mongomock.MongoClient().db.summaries
+
+    def doc(planned_at, temps):
+        return {
+            "campaign": "c",
+            "material": "m",
+            "temperatures_k": temps,
+            "provenance": {"planned_at": planned_at},
+        }
+
+    assert store_summary(coll, doc(200.0, [600, 900, 1200]))  # the new plan's job ran first
+    assert not store_summary(coll, doc(100.0, [600, 900]))  # the old plan's job, later
+    assert coll.find_one({})["temperatures_k"] == [600, 900, 1200]
+    assert store_summary(coll, doc(300.0, [600]))
+    assert coll.count_documents({}) == 1 and coll.find_one({})["temperatures_k"] == [600]
+    # summaries written before planned_at existed are replaced
+    coll.replace_one({"material": "m"}, {"campaign": "c", "material": "m", "provenance": {}})
+    assert store_summary(coll, doc(50.0, [700]))

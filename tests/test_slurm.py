@@ -356,11 +356,12 @@ def test_campaign_through_slurm_auth_tls(slurm, tmp_path, auth_tls_server):
     sub = cli("submit", str(spec), *common, cwd=tmp_path)
     outputs.append(sub.squeezed)
     assert "readable by" in sub.stderr and "chmod 600" in sub.stderr  # warned, not refused
-    assert "submitted 1 material(s) (8 jobs)" in sub.stdout
+    assert "submitted8newjob(s)(1newmaterial(s),0extended)" in sub.squeezed
     os.chmod(lp_file, 0o600)
     again = cli("submit", str(spec), *common, cwd=tmp_path)  # idempotent, no warning now
     outputs.append(again.squeezed)
-    assert "reused 1 already submitted" in again.stdout and "warning" not in again.stderr
+    assert "submitted0newjob(s)" in again.squeezed and "reused8job(s)" in again.squeezed
+    assert "warning" not in again.stderr
 
     t0 = time.monotonic()
     run = cli(

@@ -1,43 +1,132 @@
 """From a validated campaign spec to FireWorks workflows on a LaunchPad (idempotently).
 
 One FireWorks workflow per material. Every firework carries ``spec.ionflow_campaign`` /
-``ionflow_material`` so workers, status and recovery can select a campaign, and every
-workflow carries ``metadata.ionflow_fingerprint`` — a hash of the material's structure,
-engines, MD and analysis settings — so that submitting the same file again adds nothing.
+``ionflow_material`` so workers, status and recovery can select a campaign.
+
+Reuse is decided per job. Every job carries ``spec.ionflow_key``, a hash of everything its
+result depends on (:func:`stage_keys`): the relaxation of the structure and its settings;
+the supercell of that relaxation and its settings; the MD run of that supercell at one
+temperature and variant with its MD settings; the analysis of that run; the Arrhenius fit of
+a variant's set of analyses; the summary of the fits. :func:`submit` looks the planned keys
+up: a material whose summary key exists is reused whole; a material with none of its keys is
+added as a new workflow; otherwise only the jobs whose keys are new are appended to the
+material's existing workflow, wired to the outputs (and fireworks) of the jobs they reuse —
+so adding a temperature adds that temperature's MD + analysis runs and a new Arrhenius fit
+and summary, and recomputes nothing else. Each call is recorded in the
+``ionflow_submissions`` collection (what was added and what was reused) for
+``ionflow status``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ionflow.errors import UserInputError
-from ionflow.spec import CampaignSpec, ResolvedMaterial, campaign_fingerprint
+from ionflow.spec import CampaignSpec, ResolvedMaterial
 
 ML_ENGINES = ("chgnet", "mace", "m3gnet", "sevennet", "toy")
+
+#: Collection (LaunchPad database) with one document per submission.
+SUBMISSIONS_COLLECTION = "ionflow_submissions"
+
+#: Firework states whose job can be reused (a defused or archived one cannot).
+_UNUSABLE_STATES = ("DEFUSED", "ARCHIVED")
 
 
 @dataclass
 class PlannedMaterial:
-    """A material's flow and its fingerprint."""
+    """A material's flow, its fingerprint (= the key of its summary) and its job keys."""
 
     material: ResolvedMaterial
     flow: object
     fingerprint: str
     n_jobs: int
+    keys: dict[str, str] = field(default_factory=dict)  # job uuid -> ionflow_key
+
+
+def _key(payload) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def stage_keys(spec: CampaignSpec, mat: ResolvedMaterial) -> dict[tuple, str]:
+    """The reuse key of every stage of a material's flow.
+
+    Keys chain: each includes the key of the stage it consumes, so equal keys mean equal
+    inputs all the way up to the structure file's content. Names of files and execution
+    settings are not part of any key.
+
+    Returns
+    -------
+    dict
+        ``("relax",)``, ``("supercell",)``, ``("md", variant, T)``,
+        ``("analysis", variant, T)``, ``("arrhenius", variant)`` and ``("summary",)`` →
+        key (hex).
+    """
+    from ionflow.spec import _canonical_structure
+
+    eng = spec.engine
+    md = mat.md.model_dump(mode="json")
+    temperatures = [float(t) for t in md.pop("temperatures_k")]
+    relax = _key(
+        {
+            "campaign": spec.campaign,
+            "material": mat.name,
+            "structure": _canonical_structure(mat.structure),
+            "engine": eng.relax,
+            "relax": spec.relax.model_dump(mode="json") if eng.relax != "none" else None,
+            "incar": mat.vasp_incar if eng.relax == "vasp" else None,
+        }
+    )
+    supercell = _key(
+        {
+            "relax": relax,
+            "mobile_species": spec.mobile_species,
+            "matrix": mat.supercell_matrix,
+            "min_length_a": md["supercell_min_length_a"],
+            "pinned_control": md["pinned_control"],
+            "pinned": list(mat.pinned_indices),
+            "variants": mat.has_pinned_control,
+        }
+    )
+    variants = ["free", "pinned"] if mat.has_pinned_control else ["free"]
+    analysis = spec.analysis.model_dump(mode="json")
+    keys: dict[tuple, str] = {("relax",): relax, ("supercell",): supercell}
+    for v in variants:
+        for t in temperatures:
+            keys["md", v, t] = _key(
+                {
+                    "supercell": supercell,
+                    "engine": eng.md,
+                    "md": md,
+                    "incar": mat.vasp_incar if eng.md == "vasp" else None,
+                    "variant": v,
+                    "temperature_k": t,
+                }
+            )
+            keys["analysis", v, t] = _key(
+                {"md": keys["md", v, t], "mobile": spec.mobile_species, "analysis": analysis}
+            )
+        keys["arrhenius", v] = _key(
+            {"variant": v, "analyses": sorted(keys["analysis", v, t] for t in temperatures)}
+        )
+    keys["summary",] = _key(
+        {"supercell": supercell, "fits": [keys["arrhenius", v] for v in variants]}
+    )
+    return keys
 
 
 def material_fingerprint(spec: CampaignSpec, mat: ResolvedMaterial) -> str:
-    """Hash of everything that determines a material's results in this campaign."""
-    extra = {
-        "campaign": spec.campaign,
-        "material": mat.name,
-        "analysis": spec.analysis.model_dump(mode="json"),
-    }
-    return campaign_fingerprint(spec, mat, extra)[:20]
+    """Hash of everything that determines a material's results (its summary's key)."""
+    return stage_keys(spec, mat)["summary",]
 
 
-def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path):
+def build_material_flow(
+    spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path, planned_at: float | None = None
+):
     """The jobflow Flow of one material (see :mod:`ionflow.flows.campaign`)."""
     from ionflow.flows.campaign import MaterialCampaignMaker
     from ionflow.makers.analysis import AnalysisMaker
@@ -95,6 +184,7 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
         temperatures_k=tuple(md.temperatures_k),
         pinned_control=mat.has_pinned_control,
         engine_relax=eng.relax,
+        planned_at=planned_at,
     )
     start = mat.structure
     if "vasp" in (eng.relax, eng.md):
@@ -111,12 +201,60 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
     return maker.make(start, mat.name, metadata=meta)
 
 
+def _top_level_items(flow) -> list:
+    return list(flow.jobs)
+
+
+def _flat_jobs(item) -> list:
+    """The jobs of a job or (nested) flow, in flow order."""
+    from jobflow import Flow
+
+    if isinstance(item, Flow):
+        return [j for sub in item.jobs for j in _flat_jobs(sub)]
+    return [item]
+
+
+def _stage_of(item) -> tuple:
+    """The :func:`stage_keys` key of one top-level item of a material flow."""
+    meta = _flat_jobs(item)[0].metadata
+    stage = meta.get("ionflow_stage")
+    if stage in ("md", "analysis"):
+        return (stage, meta["ionflow_variant"], float(meta["ionflow_temperature_k"]))
+    if stage == "arrhenius":
+        return (stage, meta["ionflow_variant"])
+    if stage is None:
+        raise ValueError(f"job {getattr(item, 'name', item)!r} has no ionflow_stage")
+    return (stage,)
+
+
+def key_jobs(flow, keys: dict[tuple, str]) -> dict[str, str]:
+    """Set ``metadata.ionflow_key`` on every job of a material flow; return uuid → key.
+
+    A stage made of several jobs (a VASP MD run: pin, segments, collect) numbers them:
+    ``<stage key>.<position>``.
+    """
+    out: dict[str, str] = {}
+    for item in _top_level_items(flow):
+        base = keys[_stage_of(item)]
+        jobs = _flat_jobs(item)
+        for i, job in enumerate(jobs):
+            key = base if len(jobs) == 1 else f"{base}.{i}"
+            job.metadata["ionflow_key"] = key
+            out[job.uuid] = key
+    return out
+
+
 def plan_campaign(spec: CampaignSpec, materials: list[ResolvedMaterial], run_root: Path):
-    """Flows of every material (nothing is submitted)."""
+    """Flows of every material, every job keyed (nothing is submitted)."""
+    import time
+
+    planned_at = time.time()
     out = []
     for mat in materials:
-        flow = build_material_flow(spec, mat, run_root)
-        out.append(PlannedMaterial(mat, flow, material_fingerprint(spec, mat), len(flow.jobs)))
+        flow = build_material_flow(spec, mat, run_root, planned_at)
+        skeys = stage_keys(spec, mat)
+        keys = key_jobs(flow, skeys)
+        out.append(PlannedMaterial(mat, flow, skeys["summary",], len(keys), keys))
     return out
 
 
@@ -289,44 +427,287 @@ def _shift_ids(built: list[tuple[dict, list]], offset: int) -> tuple[list, list]
     return wf_docs, fw_docs
 
 
-def submit(lp, planned: list[PlannedMaterial], campaign: str) -> dict[str, list[str]]:
-    """Add the workflows that are not on the LaunchPad yet; return what was added/reused.
+def _drop_incomplete_workflows(lp, campaign: str) -> list[str]:
+    """Delete this campaign's workflows whose fireworks were never (fully) inserted.
 
-    One query finds the fingerprints already submitted (indexed). The new workflows are
-    written as documents (:func:`workflow_documents`, the same documents
+    :func:`submit` writes a workflow before its fireworks; if the database failed in
+    between, the workflow lists fireworks that do not exist. Such a workflow is removed
+    (with the fireworks of it that do exist, none of which has run) so the next submission
+    adds the material again. Returns the materials concerned.
+
+    Raises
+    ------
+    RuntimeError
+        An incomplete workflow already has a firework that ran (needs a person to look).
+    """
+    wfs = list(
+        lp.workflows.find(
+            {"metadata.ionflow_campaign": campaign}, {"nodes": 1, "metadata.ionflow_material": 1}
+        )
+    )
+    if not wfs:
+        return []
+    present = {
+        d["fw_id"]: d["state"]
+        for d in lp.fireworks.find({"spec.ionflow_campaign": campaign}, {"fw_id": 1, "state": 1})
+    }
+    dropped = []
+    for wf in wfs:
+        nodes = wf.get("nodes") or []
+        if all(n in present for n in nodes):
+            continue
+        material = (wf.get("metadata") or {}).get("ionflow_material", "?")
+        ran = [n for n in nodes if present.get(n) not in (None, "WAITING", "READY")]
+        if ran:
+            raise RuntimeError(
+                f"workflow of material {material!r} (campaign {campaign!r}) lists fireworks "
+                f"that do not exist, and fireworks {ran} of it have run; inspect it with "
+                f"`lpad get_wflows -i {nodes[0]} -d more` before submitting again"
+            )
+        lp.fireworks.delete_many({"fw_id": {"$in": [n for n in nodes if n in present]}})
+        lp.workflows.delete_one({"_id": wf["_id"]})
+        dropped.append(material)
+    return dropped
+
+
+def _existing_jobs(lp, keys: list[str]) -> dict[str, tuple[int, str, str]]:
+    """key → (fw_id, job uuid, state) of the newest usable firework with that key."""
+    found: dict[str, tuple[int, str, str]] = {}
+    for i in range(0, len(keys), 5000):
+        for d in lp.fireworks.find(
+            {
+                "spec.ionflow_key": {"$in": keys[i : i + 5000]},
+                "state": {"$nin": list(_UNUSABLE_STATES)},
+            },
+            {"fw_id": 1, "state": 1, "spec.ionflow_key": 1, "spec.ionflow_job_uuid": 1},
+        ):
+            key = d["spec"]["ionflow_key"]
+            if key not in found or d["fw_id"] > found[key][0]:
+                found[key] = (d["fw_id"], d["spec"]["ionflow_job_uuid"], d["state"])
+    return found
+
+
+def _remap_references(obj, mapping: dict[str, str]):
+    """``obj`` with every OutputReference to a uuid in ``mapping`` pointing to its image."""
+    from jobflow import OutputReference
+
+    if isinstance(obj, OutputReference):
+        if obj.uuid in mapping:
+            return OutputReference(mapping[obj.uuid], obj.attributes, obj.output_schema)
+        return obj
+    if isinstance(obj, list):
+        return [_remap_references(o, mapping) for o in obj]
+    if isinstance(obj, tuple):
+        return tuple(_remap_references(o, mapping) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _remap_references(v, mapping) for k, v in obj.items()}
+    return obj
+
+
+def _extend_workflow(
+    lp, p: PlannedMaterial, existing: dict, submitted: str
+) -> tuple[list[str], list[str]]:
+    """Append the jobs of ``p`` whose keys are new to the material's existing workflow.
+
+    A top-level stage (a job, or a VASP run's sub-flow) is reused when all its jobs' keys
+    exist; references of the new jobs to reused jobs are redirected to the existing jobs'
+    uuids, and their fireworks become parents of the new ones (FireWorks' own append path:
+    the workflow is loaded and written back under its lock, states refreshed).
+
+    Returns
+    -------
+    names of the added jobs, names of the reused jobs
+    """
+    from fireworks.core.launchpad import WFLock
+
+    from ionflow.store import job_to_firework
+
+    mapping: dict[str, str] = {}  # planned uuid -> existing uuid
+    fw_of: dict[str, int] = {}  # existing uuid -> fw_id
+    new_jobs, reused_names = [], []
+    for item in _top_level_items(p.flow):
+        jobs = _flat_jobs(item)
+        hits = [existing.get(p.keys[j.uuid]) for j in jobs]
+        if all(hits):
+            for j, (fw_id, uuid, _) in zip(jobs, hits, strict=True):
+                mapping[j.uuid] = uuid
+                fw_of[uuid] = fw_id
+            reused_names.append(item.name)
+        else:
+            new_jobs.extend(jobs)
+    for job in new_jobs:
+        job.function_args = _remap_references(tuple(job.function_args), mapping)
+        job.function_kwargs = _remap_references(dict(job.function_kwargs), mapping)
+    new_uuids = {j.uuid for j in new_jobs}
+    external = {u for j in new_jobs for u in j.input_uuids if u not in new_uuids}
+    missing = external - set(fw_of)
+    if missing:
+        raise RuntimeError(
+            f"material {p.material.name!r}: new jobs reference jobs that are neither planned "
+            f"nor on the LaunchPad: {sorted(missing)}"
+        )
+    parent_fws = sorted({fw_of[u] for u in external})
+    wf_ids = {str(d["_id"]) for d in lp.workflows.find({"nodes": {"$in": parent_fws}}, {"_id": 1})}
+    if len(wf_ids) != 1:
+        raise RuntimeError(
+            f"material {p.material.name!r}: the jobs to reuse are in {len(wf_ids)} workflows "
+            f"(fireworks {parent_fws}); expected one"
+        )
+    anchor = parent_fws[0]
+    fws = {}
+    for job in new_jobs:
+        job.metadata["ionflow_job_uuid"] = job.uuid
+        job.metadata["ionflow_submitted"] = submitted
+        fws[job.uuid] = job_to_firework(job)
+    with WFLock(lp, anchor):
+        wf = lp.get_wf_by_fw_id_lzyfw(anchor)
+        for fw in fws.values():
+            wf.id_fw[fw.fw_id] = fw
+            wf.links[fw.fw_id] = []
+            wf.fw_states[fw.fw_id] = "WAITING"
+        for job in new_jobs:
+            child = fws[job.uuid].fw_id
+            for u in dict.fromkeys(job.input_uuids):
+                parent = fws[u].fw_id if u in fws else fw_of[u]
+                wf.links[parent].append(child)
+        updated: set = set()
+        for job in new_jobs:  # flow order is a topological order
+            updated = wf.refresh(fws[job.uuid].fw_id, updated)
+        lp._update_wf(wf, updated | {fw.fw_id for fw in fws.values()})
+    return [j.name for j in new_jobs], reused_names
+
+
+def submit(lp, planned: list[PlannedMaterial], campaign: str) -> dict:
+    """Add what is not on the LaunchPad yet; return what was added, extended and reused.
+
+    One indexed query finds which planned job keys exist already. Materials with none are
+    written as new workflows (:func:`workflow_documents`, the same documents
     ``LaunchPad.bulk_add_wfs`` writes) in chunks of 50 materials: ids reserved with one
     update per chunk, then ``insert_many`` of the workflows and of their fireworks (workflows
     first, so that no firework is checked out before its workflow exists), in a writer
-    thread while the next chunk is built. See ``benchmarks/submit_scale.py``.
+    thread while the next chunk is built. See ``benchmarks/submit_scale.py``. Materials
+    with some of their keys get only their new jobs (:func:`_extend_workflow`); materials
+    whose summary key exists are reused whole.
+
+    Returns
+    -------
+    dict
+        ``added`` / ``extended`` / ``reused`` (material names), ``jobs_added``,
+        ``jobs_reused`` (counts), ``details`` (material → added and reused job names) and
+        ``dropped`` (materials whose incomplete workflow from an earlier failure was removed).
     """
     import datetime
+
+    lp.fireworks.create_index("spec.ionflow_key")
+    dropped = _drop_incomplete_workflows(lp, campaign)
+    all_keys = [k for p in planned for k in p.keys.values()]
+    existing = _existing_jobs(lp, all_keys)
+    now = datetime.datetime.now(datetime.UTC)
+    added, extended, reused, fresh = [], [], [], []
+    details: dict[str, dict] = {}
+    jobs_added = jobs_reused = 0
+    seen: set[str] = set()
+    for p in planned:
+        name = p.material.name
+        if p.fingerprint in existing or p.fingerprint in seen:
+            reused.append(name)
+            jobs_reused += p.n_jobs
+            details[name] = {"mode": "unchanged", "added": [], "n_reused": p.n_jobs}
+        elif not any(k in existing for k in p.keys.values()):
+            fresh.append(p)
+            added.append(name)
+            jobs_added += p.n_jobs
+            details[name] = {"mode": "new", "added": [], "n_reused": 0}
+        else:
+            new_names, reused_names = _extend_workflow(lp, p, existing, now.isoformat())
+            extended.append(name)
+            jobs_added += len(new_names)
+            jobs_reused += p.n_jobs - len(new_names)
+            details[name] = {
+                "mode": "extended",
+                "added": new_names,
+                "reused": reused_names,
+                "n_reused": p.n_jobs - len(new_names),
+            }
+        seen.add(p.fingerprint)
+    _insert_workflows(lp, fresh, campaign, now)
+    record = {
+        "campaign": campaign,
+        "submitted_at": now,
+        "submitted": now.isoformat(),  # the jobs' spec.ionflow_submitted (full precision)
+        "jobs_added": jobs_added,
+        "jobs_reused": jobs_reused,
+        "materials": details,
+        "dropped_incomplete": dropped,
+    }
+    lp.db[SUBMISSIONS_COLLECTION].insert_one(dict(record))
+    return {
+        "added": added,
+        "extended": extended,
+        "reused": reused,
+        "jobs_added": jobs_added,
+        "jobs_reused": jobs_reused,
+        "details": details,
+        "dropped": dropped,
+    }
+
+
+def submission_lines(result: dict) -> list[str]:
+    """What :func:`submit` did, in a few lines for people."""
+    lines = []
+    if result.get("dropped"):
+        lines.append(
+            "removed the incomplete workflow(s) of an interrupted earlier submission: "
+            + ", ".join(result["dropped"])
+        )
+    lines.append(
+        f"submitted {result['jobs_added']} new job(s) ({len(result['added'])} new material(s), "
+        f"{len(result['extended'])} extended); reused {result['jobs_reused']} job(s) already "
+        "submitted"
+    )
+    for name in result["extended"][:20]:
+        d = result["details"][name]
+        lines.append(
+            f"  {name}: added {_names(d['added'])}; reused {d['n_reused']} job(s): "
+            f"{_names(d['reused'])}"
+        )
+    if len(result["extended"]) > 20:
+        lines.append(f"  … and {len(result['extended']) - 20} more extended material(s)")
+    if result["reused"]:
+        lines.append(f"  unchanged, reused whole: {_names(result['reused'])}")
+    return lines
+
+
+def last_submission(lp, campaign: str) -> dict | None:
+    """The newest :data:`SUBMISSIONS_COLLECTION` record of ``campaign`` (or None)."""
+    docs = list(
+        lp.db[SUBMISSIONS_COLLECTION]
+        .find({"campaign": campaign}, {"_id": 0})
+        .sort("submitted_at", -1)
+        .limit(1)
+    )
+    return docs[0] if docs else None
+
+
+def _names(names: list[str], limit: int = 12) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    return ", ".join(names[:limit]) + f" … (+{len(names) - limit})"
+
+
+def _insert_workflows(lp, fresh: list[PlannedMaterial], campaign: str, now) -> None:
+    """Write the new workflows (see :func:`submit`)."""
     import queue
     import threading
 
     from pymongo import ReturnDocument
 
-    lp.workflows.create_index("metadata.ionflow_fingerprint")
-    known: set[str] = set()
-    fingerprints = [p.fingerprint for p in planned]
-    for i in range(0, len(fingerprints), 5000):
-        known.update(
-            d["metadata"]["ionflow_fingerprint"]
-            for d in lp.workflows.find(
-                {"metadata.ionflow_fingerprint": {"$in": fingerprints[i : i + 5000]}},
-                {"metadata.ionflow_fingerprint": 1},
-            )
-        )
-    added, reused, fresh = [], [], []
-    for p in planned:
-        if p.fingerprint in known:
-            reused.append(p.material.name)
-        else:
-            known.add(p.fingerprint)  # the same material twice in one call: once
-            added.append(p.material.name)
-            fresh.append(p)
     if not fresh:
-        return {"added": added, "reused": reused}
-    now = datetime.datetime.now(datetime.UTC)
+        return
+    for p in fresh:
+        for job in (j for item in _top_level_items(p.flow) for j in _flat_jobs(item)):
+            job.metadata["ionflow_job_uuid"] = job.uuid
+            job.metadata["ionflow_submitted"] = now.isoformat()
     # Build the documents of chunk k+1 while a thread writes chunk k: the server's index
     # maintenance and the client's serialisation take about as long as each other.
     errors: list[BaseException] = []
@@ -371,4 +752,3 @@ def submit(lp, planned: list[PlannedMaterial], campaign: str) -> dict[str, list[
         thread.join()
     if errors:
         raise errors[0]
-    return {"added": added, "reused": reused}

@@ -255,7 +255,7 @@ def run_campaign(
 
     Returns a dict with what was added/reused/recovered and the final state counts.
     """
-    from ionflow.campaign import plan_campaign, submit
+    from ionflow.campaign import plan_campaign, submission_lines, submit
     from ionflow.spec import load_campaign
     from ionflow.store import reset_launchpad_if_new, resolve_database
 
@@ -277,12 +277,8 @@ def run_campaign(
         if recovered.get("fizzled"):
             echo(f"retrying {len(recovered['fizzled'])} failed job(s)")
         result = submit(lp, planned, spec.campaign)
-        n_jobs = sum(p.n_jobs for p in planned if p.material.name in result["added"])
-        echo(
-            f"submitted {len(result['added'])} material(s) ({n_jobs} jobs); "
-            f"reused {len(result['reused'])} already submitted"
-            + (f": {', '.join(result['reused'])}" if result["reused"] else "")
-        )
+        for line in submission_lines(result):
+            echo(line)
         result["recovered"] = recovered
         result["spec"] = spec
         result["database"] = db

@@ -269,3 +269,21 @@ def build_summary(
         notes=list(supercell.get("notes", [])),
         provenance={"ionflow": __version__, **(provenance or {})},
     )
+
+
+def store_summary(collection, doc: dict) -> bool:
+    """Upsert a summary document unless the stored one was planned later.
+
+    Keyed by (campaign, material). ``provenance.planned_at`` (epoch seconds, set when the
+    flow was planned) orders summaries of one material: when a later submission extends a
+    material (a temperature added), its summary supersedes the earlier one even if the
+    earlier summary job happens to run last. Returns whether ``doc`` was written.
+    """
+    key = {"campaign": doc["campaign"], "material": doc["material"]}
+    mine = (doc.get("provenance") or {}).get("planned_at")
+    stored = collection.find_one(key, {"provenance.planned_at": 1}) or {}
+    theirs = (stored.get("provenance") or {}).get("planned_at")
+    if theirs is not None and mine is not None and theirs > mine:
+        return False
+    collection.replace_one(key, doc, upsert=True)
+    return True

@@ -117,7 +117,7 @@ def submit_cmd(
     if warning:
         _warn(warning)
     con = Console()
-    result = run_campaign(
+    run_campaign(
         spec_file,
         data_dir=data_dir,
         uri=uri,
@@ -131,8 +131,6 @@ def submit_cmd(
         f"`ionflow launch {spec_file} --profile relax --profile md --profile analysis "
         "--watch` (or one profile at a time), `ionflow hpc-status`, `ionflow recover`."
     )
-    if result["added"]:
-        con.print(f"added: {', '.join(result['added'])}")
 
 
 def _launch_round(

@@ -146,10 +146,11 @@ def status_cmd(
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
 ) -> None:
-    """Each material's jobs and their states."""
+    """Each material's jobs, their states, and what the last submission added or reused."""
     from rich.console import Console
     from rich.table import Table
 
+    from ionflow.campaign import last_submission
     from ionflow.dispatch import database_settings
     from ionflow.spec import load_campaign
     from ionflow.store import resolve_database
@@ -158,20 +159,32 @@ def status_cmd(
     data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
     db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
     lp = db.launchpad()
+    last = last_submission(lp, spec.campaign)
+    stamp = last.get("submitted") if last else None
     tab = Table(title=f"campaign {spec.campaign}")
-    for col in ("material", "job", "state", "fw_id"):
+    for col in ("material", "job", "state", "fw_id", "last submit"):
         tab.add_column(col)
-    n = 0
+    n = n_new = 0
     for fw in lp.fireworks.find(
         {"spec.ionflow_campaign": spec.campaign},
-        {"fw_id": 1, "name": 1, "state": 1, "spec.ionflow_material": 1},
+        {
+            "fw_id": 1,
+            "name": 1,
+            "state": 1,
+            "spec.ionflow_material": 1,
+            "spec.ionflow_submitted": 1,
+        },
     ).sort([("spec.ionflow_material", 1), ("fw_id", 1)]):
         style = {"COMPLETED": "green", "FIZZLED": "red", "RUNNING": "yellow"}.get(fw["state"], "")
+        submitted = fw["spec"].get("ionflow_submitted")
+        is_new = stamp is not None and submitted == stamp
+        n_new += is_new
         tab.add_row(
             fw["spec"].get("ionflow_material", "?"),
             fw["name"],
             f"[{style}]{fw['state']}[/]" if style else fw["state"],
             str(fw["fw_id"]),
+            "added" if is_new else "reused",
         )
         n += 1
     con = Console()
@@ -179,3 +192,19 @@ def status_cmd(
         con.print(f"campaign {spec.campaign}: nothing submitted yet ({db.description})")
         return
     con.print(tab)
+    if last:
+        con.print(
+            f"last submission {str(stamp)[:19].replace('T', ' ')} UTC added {last['jobs_added']} "
+            f"job(s) and reused {last['jobs_reused']} job(s) already on the LaunchPad "
+            '("reused" = submitted earlier; its result is used, not recomputed).'
+        )
+        for name, d in sorted(last.get("materials", {}).items()):
+            if d.get("mode") == "extended":
+                con.print(
+                    f"  {name}: extended — added {', '.join(d['added'])}; reused "
+                    f"{', '.join(d.get('reused', []))}"
+                )
+            elif d.get("mode") == "unchanged":
+                con.print(f"  {name}: unchanged — all {d['n_reused']} job(s) reused")
+            else:
+                con.print(f"  {name}: new")
