@@ -44,9 +44,6 @@ class MaterialCampaignMaker(Maker):
         Whether to run the pinned variant (decided at submit time from the structure).
     engine_relax
         Relaxation engine (recorded in the summary).
-    planned_at
-        When the flow was planned (epoch seconds): a summary never overwrites one planned
-        later (see :class:`~ionflow.makers.analysis.SummaryMaker`).
 
     Every job carries ``metadata.ionflow_stage`` (relax, supercell, md, analysis,
     arrhenius, summary); MD, analysis and Arrhenius jobs also ``ionflow_variant`` and MD
@@ -63,7 +60,6 @@ class MaterialCampaignMaker(Maker):
     temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0)
     pinned_control: bool = True
     engine_relax: str = "chgnet"
-    planned_at: float | None = None
 
     def make(self, structure, material: str, metadata: dict | None = None) -> Flow:
         """The flow of ``material`` starting from ``structure``."""
@@ -120,7 +116,6 @@ class MaterialCampaignMaker(Maker):
             mobile_species=self.analysis_maker.mobile_species,
             engine_md=self.md_maker.engine,
             engine_relax=self.engine_relax,
-            planned_at=self.planned_at,
         ).make(
             start,
             sc.output,

@@ -90,9 +90,10 @@ class SummaryMaker(Maker):
     """Arrhenius fits per variant + free/pinned comparison → one summary document.
 
     The summary is the job output and is also upserted into the ``summaries`` collection of
-    the JobStore database (keyed by campaign + material) for ``ionflow query`` — unless the
-    stored summary was planned later (``provenance.planned_at``): when a submission adds
-    temperatures, the new summary job supersedes the old one whichever runs last.
+    the JobStore database (keyed by campaign + material) for ``ionflow query`` — unless
+    a later submission made another summary the material's current one (see
+    :func:`ionflow.summary.store_summary`). ``provenance.summary_key`` is the job's
+    ``ionflow_key``.
     """
 
     name: str = "summary"
@@ -101,7 +102,6 @@ class SummaryMaker(Maker):
     mobile_species: str = "Li"
     engine_md: str = "chgnet"
     engine_relax: str = "chgnet"
-    planned_at: float | None = None
 
     @job(config=JobConfig(expose_store=True))
     def make(self, structure, supercell: dict, free: dict, pinned: dict | None, provenance: dict):
@@ -121,7 +121,7 @@ class SummaryMaker(Maker):
             supercell=supercell,
             free=VariantSummary.model_validate(free),
             pinned=VariantSummary.model_validate(pinned) if pinned else None,
-            provenance={**provenance, "planned_at": self.planned_at},
+            provenance={**provenance, "summary_key": _own_key()},
         )
         doc = summary.model_dump(mode="json")
         store = getattr(CURRENT_JOB, "store", None)
@@ -131,3 +131,11 @@ class SummaryMaker(Maker):
 
             store_summary(db[SUMMARY_COLLECTION], doc)
         return doc
+
+
+def _own_key() -> str | None:
+    """``metadata.ionflow_key`` of the running job (None outside a campaign)."""
+    from jobflow import CURRENT_JOB
+
+    job = CURRENT_JOB.job
+    return job.metadata.get("ionflow_key") if job is not None else None

@@ -225,6 +225,18 @@ def test_toy_campaign_end_to_end_and_idempotent(project):
     assert "added 11 job(s) and reused 14" in text
     assert "Li3N: extended — added md Li3N free 1200K" in text
 
+    # back to the first temperature list: nothing to run; its summaries are current again
+    spec = _spec(project, relax="none")
+    back = _run(["run", str(spec), "--quiet"], cwd=project)
+    assert back.returncode == 0, back.stdout + back.stderr
+    out = " ".join(back.stdout.split())
+    assert "submitted 0 new job(s)" in out and "unchanged, reused whole: Li6PS5Cl, Li3N" in out
+    assert "summaries of the submitted plan restored (they had run before): Li6PS5Cl, Li3N" in out
+    assert lp.fireworks.count_documents({}) == 30
+    with db.client() as client:
+        for s in client[db.database]["summaries"].find({}):
+            assert s["temperatures_k"] == [600.0, 900.0]
+
 
 def test_interrupted_run_resumes_from_checkpoint(project):
     # long-ish toy MD so that the interrupt lands inside a production run

@@ -191,9 +191,14 @@ def insert_all(db, materials=None) -> list[MaterialSummary]:
     return [m[0] for m in materials]
 
 
-@pytest.fixture
-def mdb():
-    """A mongomock database holding every synthetic material."""
+@pytest.fixture(params=["server", "columnar"])
+def mdb(request, monkeypatch):
+    """A mongomock database holding every synthetic material, queried by the server's
+    engine or (``columnar``) through :mod:`ionflow.query_index` — same answers expected."""
+    from ionflow import query_index
+
+    if request.param == "columnar":
+        monkeypatch.setattr(query_index, "MIN_DOCUMENTS", 0)
     db = mongomock.MongoClient()["ionflow"]
     insert_all(db)
     return db
@@ -678,25 +683,96 @@ def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys)
     )
 
 
-def test_later_planned_summary_wins_whatever_the_order():
-    """An extended material's new summary supersedes the old one, even if the old runs last."""
-    from ionflow.summary import store_summary
+def test_only_the_current_plans_summary_is_stored():
+    """After a submission extends a material, the old plan's summary job (run late) does not
+    overwrite the new one; going back to the old plan restores its summary from outputs."""
+    from ionflow.summary import set_current_summaries, store_summary
 
-    coll = mongomock.MongoClient().db.summaries
+    db = mongomock.MongoClient().db
+    coll = db.summaries
 
-    def doc(planned_at, temps):
+    def doc(key, temps):
         return {
             "campaign": "c",
             "material": "m",
             "temperatures_k": temps,
-            "provenance": {"planned_at": planned_at},
+            "provenance": {"summary_key": key},
         }
 
-    assert store_summary(coll, doc(200.0, [600, 900, 1200]))  # the new plan's job ran first
-    assert not store_summary(coll, doc(100.0, [600, 900]))  # the old plan's job, later
+    # no plan recorded (jobs run by other tooling): the last write wins
+    assert store_summary(coll, doc("A", [600, 900]))
+    assert set_current_summaries(db, "c", {"m": "B"}) == []  # A's output is not in outputs
+    assert store_summary(coll, doc("B", [600, 900, 1200]))  # the new plan's job
+    assert not store_summary(coll, doc("A", [600, 900]))  # the old plan's job, run late
     assert coll.find_one({})["temperatures_k"] == [600, 900, 1200]
-    assert store_summary(coll, doc(300.0, [600]))
-    assert coll.count_documents({}) == 1 and coll.find_one({})["temperatures_k"] == [600]
-    # summaries written before planned_at existed are replaced
+    # back to the first plan, whose summary job had run: restored from its output
+    db.outputs.insert_one({"uuid": "u", "index": 1, "metadata": {"ionflow_key": "A"},
+                           "output": doc("A", [600, 900])})  # fmt: skip
+    assert set_current_summaries(db, "c", {"m": "A"}) == ["m"]
+    assert coll.find_one({})["temperatures_k"] == [600, 900]
+    assert coll.count_documents({}) == 1
+    assert set_current_summaries(db, "c", {"m": "A"}) == []  # already current
+    # summaries written by older ionflow (no key) are replaced
     coll.replace_one({"material": "m"}, {"campaign": "c", "material": "m", "provenance": {}})
-    assert store_summary(coll, doc(50.0, [700]))
+    assert store_summary(coll, doc("A", [700]))
+
+
+@pytest.mark.parametrize("sort", ["sigma_300k_ms_cm", "ea_ev", "material", "pinned_ea_ev"])
+def test_columnar_path_answers_every_query_case(monkeypatch, sort):
+    """The columnar copy really answers (no silent fallback to the server) each case."""
+    from ionflow import query_index
+    from ionflow.results import build_filter
+
+    monkeypatch.setattr(query_index, "MIN_DOCUMENTS", 0)
+    db = mongomock.MongoClient()["ionflow"]
+    insert_all(db)
+    coll = db["summaries"]
+    for kwargs, pred in TRUTH_CASES:
+        for descending in (True, False):
+            got = query_index.find(
+                coll,
+                build_filter(**kwargs),
+                key=sort,
+                descending=descending,
+                nulls_last=sort != "material",
+                limit=None,
+            )
+            assert got is not None, kwargs
+            assert [(d["campaign"], d["material"]) for d in got] == _expected(
+                pred, sort, descending
+            ), (kwargs, sort, descending)
+    # an operator the columns do not evaluate is left to the server
+    assert (
+        query_index.find(
+            coll, {"notes": "x"}, key=sort, descending=True, nulls_last=True, limit=None
+        )
+        is None
+    )
+
+
+def test_columnar_copy_follows_writes(monkeypatch):
+    from ionflow import query_index
+    from ionflow.summary import store_summary
+
+    monkeypatch.setattr(query_index, "MIN_DOCUMENTS", 0)
+    db = mongomock.MongoClient()["ionflow"]
+    insert_all(db)
+    first = query_summaries(db, sort="sigma_300k_ms_cm", limit=1)[0]
+    # a summary rewritten through store_summary (the summary job's path) with a higher σ
+    doc = db["summaries"].find_one({"campaign": "alpha"}, {"_id": 0})
+    doc["sigma_300k_ms_cm"] = first.sigma_300k_ms_cm * 10
+    store_summary(db["summaries"], doc)
+    top = query_summaries(db, sort="sigma_300k_ms_cm", limit=1)[0]
+    assert (top.campaign, top.material) == (doc["campaign"], doc["material"])
+    # a summary written directly: stale until touch() (the documented contract) …
+    extra = dict(doc, material="zz-extra", sigma_300k_ms_cm=doc["sigma_300k_ms_cm"] * 10)
+    db["summaries"].insert_one(extra)
+    query_index.touch(db)
+    top = query_summaries(db, sort="sigma_300k_ms_cm", limit=1)[0]
+    assert top.material == "zz-extra"
+    # … but a deleted one is noticed (the page comes back short) and the server answers
+    db["summaries"].delete_one({"material": "zz-extra"})
+    top = query_summaries(db, sort="sigma_300k_ms_cm", limit=1)[0]
+    assert (top.campaign, top.material) == (doc["campaign"], doc["material"])
+    n = db["summaries"].count_documents({})
+    assert len(query_summaries(db)) == n

@@ -124,9 +124,7 @@ def material_fingerprint(spec: CampaignSpec, mat: ResolvedMaterial) -> str:
     return stage_keys(spec, mat)["summary",]
 
 
-def build_material_flow(
-    spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path, planned_at: float | None = None
-):
+def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path):
     """The jobflow Flow of one material (see :mod:`ionflow.flows.campaign`)."""
     from ionflow.flows.campaign import MaterialCampaignMaker
     from ionflow.makers.analysis import AnalysisMaker
@@ -184,7 +182,6 @@ def build_material_flow(
         temperatures_k=tuple(md.temperatures_k),
         pinned_control=mat.has_pinned_control,
         engine_relax=eng.relax,
-        planned_at=planned_at,
     )
     start = mat.structure
     if "vasp" in (eng.relax, eng.md):
@@ -246,12 +243,9 @@ def key_jobs(flow, keys: dict[tuple, str]) -> dict[str, str]:
 
 def plan_campaign(spec: CampaignSpec, materials: list[ResolvedMaterial], run_root: Path):
     """Flows of every material, every job keyed (nothing is submitted)."""
-    import time
-
-    planned_at = time.time()
     out = []
     for mat in materials:
-        flow = build_material_flow(spec, mat, run_root, planned_at)
+        flow = build_material_flow(spec, mat, run_root)
         skeys = stage_keys(spec, mat)
         keys = key_jobs(flow, skeys)
         out.append(PlannedMaterial(mat, flow, skeys["summary",], len(keys), keys))

@@ -258,6 +258,7 @@ def run_campaign(
     from ionflow.campaign import plan_campaign, submission_lines, submit
     from ionflow.spec import load_campaign
     from ionflow.store import reset_launchpad_if_new, resolve_database
+    from ionflow.summary import set_current_summaries
 
     spec_path = Path(spec_path).resolve()
     spec, materials = load_campaign(spec_path)  # raises before anything is touched
@@ -279,6 +280,17 @@ def run_campaign(
         result = submit(lp, planned, spec.campaign)
         for line in submission_lines(result):
             echo(line)
+        with db.client() as client:
+            restored = set_current_summaries(
+                client[db.database],
+                spec.campaign,
+                {p.material.name: p.fingerprint for p in planned},
+            )
+        if restored:
+            echo(
+                "summaries of the submitted plan restored (they had run before): "
+                + ", ".join(restored)
+            )
         result["recovered"] = recovered
         result["spec"] = spec
         result["database"] = db

@@ -631,7 +631,9 @@ def find_summary_documents(
     """Raw summary documents matching a filter (from :func:`build_filter`), sorted.
 
     Ties are broken by (campaign, material); documents whose sort field is null come
-    last in either direction.
+    last in either direction. Collections of at least
+    :data:`ionflow.query_index.MIN_DOCUMENTS` summaries are answered from their columnar
+    copy (:mod:`ionflow.query_index`; same results, fetched page only).
     """
     from pymongo import ASCENDING, DESCENDING
 
@@ -644,6 +646,18 @@ def find_summary_documents(
     proj = {"_id": 0}
     nullable = key in _NULLABLE_SORT_FIELDS and key not in filt
     with _summaries(source) as coll:
+        from ionflow import query_index
+
+        fast = query_index.find(
+            coll,
+            filt,
+            key=key,
+            descending=descending,
+            nulls_last=key in _NULLABLE_SORT_FIELDS,
+            limit=limit,
+        )
+        if fast is not None:  # large collections: the columnar copy (same answer)
+            return fast
         if not nullable or descending or limit is None:
             # one query: null/missing sort below every number in BSON order, i.e. already
             # last when descending; when ascending they are moved to the end here

@@ -271,19 +271,70 @@ def build_summary(
     )
 
 
-def store_summary(collection, doc: dict) -> bool:
-    """Upsert a summary document unless the stored one was planned later.
+#: Collection (JobStore database): the current summary key of each (campaign, material),
+#: written at every submission (:func:`set_current_summaries`).
+CURRENT_COLLECTION = "summaries_current"
 
-    Keyed by (campaign, material). ``provenance.planned_at`` (epoch seconds, set when the
-    flow was planned) orders summaries of one material: when a later submission extends a
-    material (a temperature added), its summary supersedes the earlier one even if the
-    earlier summary job happens to run last. Returns whether ``doc`` was written.
+
+def store_summary(collection, doc: dict) -> bool:
+    """Upsert a summary document into ``summaries`` unless it is not the current one.
+
+    Keyed by (campaign, material). Every submission records the key of each material's
+    summary job (:func:`set_current_summaries`); a summary whose
+    ``provenance.summary_key`` differs from the recorded one belongs to an earlier or
+    later plan (e.g. before a temperature was added) and is not written — whichever
+    summary job runs last. Without a record (jobs run outside ``ionflow run/submit``) the
+    last write wins. Returns whether ``doc`` was written.
     """
     key = {"campaign": doc["campaign"], "material": doc["material"]}
-    mine = (doc.get("provenance") or {}).get("planned_at")
-    stored = collection.find_one(key, {"provenance.planned_at": 1}) or {}
-    theirs = (stored.get("provenance") or {}).get("planned_at")
-    if theirs is not None and mine is not None and theirs > mine:
+    mine = (doc.get("provenance") or {}).get("summary_key")
+    current = collection.database[CURRENT_COLLECTION].find_one(key) or {}
+    if mine is not None and current.get("summary_key") not in (None, mine):
         return False
     collection.replace_one(key, doc, upsert=True)
+    from ionflow.query_index import touch
+
+    touch(collection.database)  # the columnar query copy is stale now
     return True
+
+
+def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
+    """Record each material's current summary key; bring ``summaries`` in line with it.
+
+    ``db`` is the JobStore database, ``keys`` material → summary job key (the submitted
+    plan). When the stored summary of a material is another plan's and the current
+    plan's summary job has already run (its output is in ``outputs``, e.g. the user went
+    back to an earlier temperature list), that output is stored again. Returns the
+    materials whose stored summary was replaced this way.
+    """
+    if not keys:
+        return []
+    current = db[CURRENT_COLLECTION]
+    current.create_index([("campaign", 1), ("material", 1)])
+    # two writes, not an upsert per material (thousands of materials); a summary job
+    # finishing in between finds no record and writes (last write wins), as before
+    current.delete_many({"campaign": campaign, "material": {"$in": list(keys)}})
+    current.insert_many(
+        [{"campaign": campaign, "material": m, "summary_key": k} for m, k in keys.items()]
+    )
+    stored = {
+        d["material"]: (d.get("provenance") or {}).get("summary_key")
+        for d in db["summaries"].find(
+            {"campaign": campaign, "material": {"$in": list(keys)}},
+            {"material": 1, "provenance.summary_key": 1},
+        )
+    }
+    stale = {m: keys[m] for m, k in stored.items() if k is not None and k != keys[m]}
+    restored = []
+    for material, key in stale.items():
+        out = list(
+            db["outputs"]
+            .find({"metadata.ionflow_key": key}, {"output": 1})
+            .sort("index", -1)
+            .limit(1)
+        )
+        doc = out[0].get("output") if out else None
+        if isinstance(doc, dict) and doc.get("material") == material:
+            store_summary(db["summaries"], doc)
+            restored.append(material)
+    return restored
