@@ -19,7 +19,6 @@ from ionflow.spec import (
     CampaignSpecError,
     MDSpec,
     PinnedSpecies,
-    campaign_fingerprint,
     load_campaign,
     planned_jobs,
 )
@@ -623,21 +622,42 @@ def test_planned_jobs(camp):
     assert planned_jobs(spec, mat)["relax"] == 0
 
 
-def test_fingerprint_is_stable_and_sensitive(camp):
-    spec, mats = load_campaign(camp(GOOD))
-    spec2, mats2 = load_campaign(camp(GOOD))
-    fp = campaign_fingerprint(spec, mats[0])
-    assert fp == campaign_fingerprint(spec2, mats2[0])
-    assert len(fp) == 64
-    assert fp != campaign_fingerprint(spec, mats[1])
-    assert fp != campaign_fingerprint(spec, mats[0], {"temperature_k": 600.0})
-    # renaming a material does not change it; MD settings and engines do
-    spec3, mats3 = load_campaign(camp(GOOD.replace("name: Li3PS4", "name: Other")))
-    assert campaign_fingerprint(spec3, mats3[0]) == fp
-    spec4, mats4 = load_campaign(camp(GOOD.replace("production_ps: 2.0", "production_ps: 3.0")))
-    assert campaign_fingerprint(spec4, mats4[0]) != fp
-    spec5, mats5 = load_campaign(camp(GOOD.replace("md: toy}", "md: chgnet}")))
-    assert campaign_fingerprint(spec5, mats5[0]) != fp
+def test_stage_keys_are_stable_and_chained(camp):
+    """Each stage's reuse key changes exactly when something it depends on changes."""
+    from ionflow.campaign import stage_keys
+
+    def keys(text, i=0):
+        spec, mats = load_campaign(camp(text))
+        return stage_keys(spec, mats[i])
+
+    base = keys(GOOD)
+    assert base == keys(GOOD)  # stable across loads
+    assert base != keys(GOOD, 1)
+    mds = {k for k in base if k[0] == "md"}
+    assert mds == {("md", v, t) for v in ("free", "pinned") for t in (600.0, 800.0, 1000.0)}
+    assert len(set(base.values())) == len(base)  # every stage its own key
+
+    def changed(other):
+        return {k for k in base if k in other and other[k] != base[k]}
+
+    # MD settings: relaxation and supercell reused, everything downstream new
+    longer = keys(GOOD.replace("production_ps: 2.0", "production_ps: 3.0"))
+    assert changed(longer) == set(base) - {("relax",), ("supercell",)}
+    # one more temperature: the existing runs keep their keys; fits and summary change
+    more = keys(GOOD.replace("[1000, 600, 800]", "[1000, 600, 800, 1200]"))
+    assert changed(more) == {("arrhenius", "free"), ("arrhenius", "pinned"), ("summary",)}
+    assert ("md", "free", 1200.0) in more and ("md", "free", 1200.0) not in base
+    # analysis settings: MD runs reused
+    drift = keys(GOOD + "analysis: {drift_reference: none}\n")
+    assert changed(drift) == {k for k in base if k[0] in ("analysis", "arrhenius", "summary")}
+    # MD engine: the relaxation and the supercell are reused
+    chg = keys(GOOD.replace("md: toy}", "md: chgnet}"))
+    assert changed(chg) == set(base) - {("relax",), ("supercell",)}
+    # the relaxation settings change everything
+    relax = keys(GOOD + "relax: {fmax_ev_a: 0.01}\n")
+    assert changed(relax) == set(base)
+    # keys are scoped to (campaign, material): a renamed material is a new material
+    assert changed(keys(GOOD.replace("name: Li3PS4", "name: Other"))) == set(base)
 
 
 def test_mdspec_usable_directly():

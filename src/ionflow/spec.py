@@ -33,13 +33,11 @@ Structure paths (and ``execution.launchpad``) are relative to the YAML file's di
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -79,7 +77,6 @@ __all__ = [
     "RelaxSpec",
     "ResolvedMaterial",
     "VaspSpec",
-    "campaign_fingerprint",
     "load_campaign",
     "planned_jobs",
 ]
@@ -1165,10 +1162,13 @@ def planned_jobs(spec: CampaignSpec, material: ResolvedMaterial) -> dict[str, in
     }
 
 
-# ------------------------------------------------------------------- fingerprint
+# ------------------------------------------------------------- canonical structure
 
 
 def _canonical_structure(structure: Any) -> dict[str, Any]:
+    """Lattice and sites rounded to 1e-6 (fractional coordinates wrapped into [0, 1)): the
+    structure part of :func:`ionflow.campaign.stage_keys`."""
+
     def num(x: float) -> str:
         value = round(float(x), 6) + 0.0
         return f"{value:.6f}"
@@ -1185,32 +1185,3 @@ def _canonical_structure(structure: Any) -> dict[str, Any]:
             [site.species_string, *(frac(x) for x in site.frac_coords)] for site in structure
         ],
     }
-
-
-def campaign_fingerprint(
-    spec: CampaignSpec,
-    material: ResolvedMaterial,
-    extra: Mapping[str, Any] | None = None,
-) -> str:
-    """Stable SHA-256 (hex) of what determines a material's simulations.
-
-    Covers the structure (lattice and sites rounded to 1e-6), the mobile species, the
-    engines, the relaxation settings, the merged MD settings, the supercell matrix, the
-    merged INCAR overrides and ``extra`` (e.g. ``{"temperature_k": 600.0}`` for a per-run
-    key). Not covered: names, file paths, execution and analysis settings — so renaming
-    or moving a file does not trigger a re-run.
-    """
-    payload = {
-        "structure": _canonical_structure(material.structure),
-        "mobile_species": spec.mobile_species,
-        "engine": spec.engine.model_dump(mode="json"),
-        "relax": spec.relax.model_dump(mode="json") if spec.engine.relax != "none" else None,
-        "md": material.md.model_dump(mode="json"),
-        "supercell_matrix": material.supercell_matrix,
-        "vasp_incar": material.vasp_incar
-        if "vasp" in (spec.engine.md, spec.engine.relax)
-        else None,
-        "extra": dict(extra) if extra else None,
-    }
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
