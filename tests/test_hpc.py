@@ -582,7 +582,11 @@ def test_incomplete_workflow_of_a_failed_submission_is_replaced(db, tmp_path):
         "links": {"9001": [9002], "9002": []},
         "parent_links": {"9002": [9001]},
         "fw_states": {"9001": "READY", "9002": "WAITING"},
-        "metadata": {"ionflow_campaign": spec.campaign, "ionflow_material": "Li3N"},
+        "metadata": {
+            "ionflow_campaign": spec.campaign,
+            "ionflow_material": "Li3N",
+            "ionflow_pending": True,
+        },
         "name": "ghost",
         "state": "READY",
     }
@@ -593,6 +597,14 @@ def test_incomplete_workflow_of_a_failed_submission_is_replaced(db, tmp_path):
     assert lp.workflows.count_documents({"name": "ghost"}) == 0
     assert lp.workflows.count_documents({}) == 2
     assert "interrupted earlier submission: Li3N" in campaign.submission_lines(res)[0]
+    assert lp.workflows.count_documents({"metadata.ionflow_pending": {"$exists": True}}) == 0
+    # an incomplete workflow one of whose fireworks has run is left for a person to look at
+    ran = lp.fireworks.find_one({"spec.ionflow_material": "Li3N"})
+    lp.fireworks.update_one({"fw_id": ran["fw_id"]}, {"$set": {"state": "COMPLETED"}})
+    wf = lp.workflows.find_one({"nodes": ran["fw_id"]})
+    lp.workflows.update_one({"_id": wf["_id"]}, {"$set": {"metadata.ionflow_pending": True}})
+    with pytest.raises(campaign.SubmissionError, match=r"Li3N.*have run"):
+        campaign.submit(lp, planned, spec.campaign)
 
 
 def test_campaign_done(db):

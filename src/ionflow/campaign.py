@@ -32,6 +32,10 @@ ML_ENGINES = ("chgnet", "mace", "m3gnet", "sevennet", "toy")
 #: Collection (LaunchPad database) with one document per submission.
 SUBMISSIONS_COLLECTION = "ionflow_submissions"
 
+class SubmissionError(UserInputError):
+    """The LaunchPad holds something submission cannot reconcile (one line, exit 2)."""
+
+
 #: Firework states whose job can be reused (a defused or archived one cannot).
 _UNUSABLE_STATES = ("DEFUSED", "ARCHIVED")
 
@@ -424,53 +428,57 @@ def _shift_ids(built: list[tuple[dict, list]], offset: int) -> tuple[list, list]
 def _drop_incomplete_workflows(lp, campaign: str) -> list[str]:
     """Delete this campaign's workflows whose fireworks were never (fully) inserted.
 
-    :func:`submit` writes a workflow before its fireworks; if the database failed in
-    between, the workflow lists fireworks that do not exist. Such a workflow is removed
-    (with the fireworks of it that do exist, none of which has run) so the next submission
-    adds the material again. Returns the materials concerned.
+    :func:`submit` writes a workflow (flagged ``metadata.ionflow_pending``) before its
+    fireworks and clears the flag once they are written; if the database failed in between,
+    the flag stays. Such a workflow is removed (with those of its fireworks that exist, none
+    of which has run) so that this submission adds the material again. Returns the
+    materials concerned.
 
     Raises
     ------
-    RuntimeError
+    SubmissionError
         An incomplete workflow already has a firework that ran (needs a person to look).
     """
-    wfs = list(
+    pending = list(
         lp.workflows.find(
-            {"metadata.ionflow_campaign": campaign}, {"nodes": 1, "metadata.ionflow_material": 1}
+            {"metadata.ionflow_campaign": campaign, "metadata.ionflow_pending": True},
+            {"nodes": 1, "metadata.ionflow_material": 1},
         )
     )
-    if not wfs:
-        return []
-    present = {
-        d["fw_id"]: d["state"]
-        for d in lp.fireworks.find({"spec.ionflow_campaign": campaign}, {"fw_id": 1, "state": 1})
-    }
     dropped = []
-    for wf in wfs:
+    for wf in pending:
         nodes = wf.get("nodes") or []
-        if all(n in present for n in nodes):
-            continue
+        present = {
+            d["fw_id"]: d["state"]
+            for d in lp.fireworks.find({"fw_id": {"$in": nodes}}, {"fw_id": 1, "state": 1})
+        }
         material = (wf.get("metadata") or {}).get("ionflow_material", "?")
-        ran = [n for n in nodes if present.get(n) not in (None, "WAITING", "READY")]
+        ran = sorted(n for n, state in present.items() if state not in ("WAITING", "READY"))
         if ran:
-            raise RuntimeError(
-                f"workflow of material {material!r} (campaign {campaign!r}) lists fireworks "
-                f"that do not exist, and fireworks {ran} of it have run; inspect it with "
-                f"`lpad get_wflows -i {nodes[0]} -d more` before submitting again"
+            raise SubmissionError(
+                f"workflow of material {material!r} (campaign {campaign!r}) was not fully "
+                f"written by an earlier submission, and fireworks {ran} of it have run; "
+                f"inspect it with `lpad get_wflows -i {nodes[0]} -d more` before submitting "
+                "again"
             )
-        lp.fireworks.delete_many({"fw_id": {"$in": [n for n in nodes if n in present]}})
+        if present:
+            lp.fireworks.delete_many({"fw_id": {"$in": sorted(present)}})
         lp.workflows.delete_one({"_id": wf["_id"]})
         dropped.append(material)
     return dropped
 
 
+#: Keys per ``$in`` query (SecantusDB's ``$in`` slows down superlinearly with its length).
+_LOOKUP_CHUNK = 200
+
+
 def _existing_jobs(lp, keys: list[str]) -> dict[str, tuple[int, str, str]]:
     """key → (fw_id, job uuid, state) of the newest usable firework with that key."""
     found: dict[str, tuple[int, str, str]] = {}
-    for i in range(0, len(keys), 5000):
+    for i in range(0, len(keys), _LOOKUP_CHUNK):
         for d in lp.fireworks.find(
             {
-                "spec.ionflow_key": {"$in": keys[i : i + 5000]},
+                "spec.ionflow_key": {"$in": keys[i : i + _LOOKUP_CHUNK]},
                 "state": {"$nin": list(_UNUSABLE_STATES)},
             },
             {"fw_id": 1, "state": 1, "spec.ionflow_key": 1, "spec.ionflow_job_uuid": 1},
@@ -479,6 +487,23 @@ def _existing_jobs(lp, keys: list[str]) -> dict[str, tuple[int, str, str]]:
             if key not in found or d["fw_id"] > found[key][0]:
                 found[key] = (d["fw_id"], d["spec"]["ionflow_job_uuid"], d["state"])
     return found
+
+
+def _lookup_planned(lp, planned: list[PlannedMaterial]) -> dict[str, tuple[int, str, str]]:
+    """The existing jobs with the planned keys, found in up to three indexed rounds.
+
+    1. the summary keys (a material whose summary exists is reused whole);
+    2. for the others, the key of the flow's first job (relax, or supercell): every other
+       key of a material is derived from it, so without it the material is new;
+    3. all keys of the materials that have their first job but not their summary.
+    """
+    existing = _existing_jobs(lp, [p.fingerprint for p in planned])
+    rest = [p for p in planned if p.fingerprint not in existing]
+    roots = {p.material.name: next(iter(p.keys.values())) for p in rest if p.keys}
+    existing.update(_existing_jobs(lp, list(roots.values())))
+    partial = [p for p in rest if roots.get(p.material.name) in existing]
+    existing.update(_existing_jobs(lp, [k for p in partial for k in p.keys.values()]))
+    return existing
 
 
 def _remap_references(obj, mapping: dict[str, str]):
@@ -536,14 +561,14 @@ def _extend_workflow(
     external = {u for j in new_jobs for u in j.input_uuids if u not in new_uuids}
     missing = external - set(fw_of)
     if missing:
-        raise RuntimeError(
+        raise SubmissionError(
             f"material {p.material.name!r}: new jobs reference jobs that are neither planned "
             f"nor on the LaunchPad: {sorted(missing)}"
         )
     parent_fws = sorted({fw_of[u] for u in external})
     wf_ids = {str(d["_id"]) for d in lp.workflows.find({"nodes": {"$in": parent_fws}}, {"_id": 1})}
     if len(wf_ids) != 1:
-        raise RuntimeError(
+        raise SubmissionError(
             f"material {p.material.name!r}: the jobs to reuse are in {len(wf_ids)} workflows "
             f"(fireworks {parent_fws}); expected one"
         )
@@ -594,8 +619,7 @@ def submit(lp, planned: list[PlannedMaterial], campaign: str) -> dict:
 
     lp.fireworks.create_index("spec.ionflow_key")
     dropped = _drop_incomplete_workflows(lp, campaign)
-    all_keys = [k for p in planned for k in p.keys.values()]
-    existing = _existing_jobs(lp, all_keys)
+    existing = _lookup_planned(lp, planned)
     now = datetime.datetime.now(datetime.UTC)
     added, extended, reused, fresh = [], [], [], []
     details: dict[str, dict] = {}
@@ -714,6 +738,10 @@ def _insert_workflows(lp, fresh: list[PlannedMaterial], campaign: str, now) -> N
             try:
                 lp.workflows.insert_many(item[0], ordered=False)
                 lp.fireworks.insert_many(item[1], ordered=False)
+                lp.workflows.update_many(  # complete: see _drop_incomplete_workflows
+                    {"_id": {"$in": [w["_id"] for w in item[0]]}},
+                    {"$unset": {"metadata.ionflow_pending": ""}},
+                )
             except BaseException as exc:  # re-raised in the caller
                 errors.append(exc)
 
@@ -728,6 +756,7 @@ def _insert_workflows(lp, fresh: list[PlannedMaterial], campaign: str, now) -> N
                         "ionflow_campaign": campaign,
                         "ionflow_material": p.material.name,
                         "ionflow_fingerprint": p.fingerprint,
+                        "ionflow_pending": True,
                     },
                     0,
                     now,
