@@ -776,3 +776,13 @@ def test_columnar_copy_follows_writes(monkeypatch):
     assert (top.campaign, top.material) == (doc["campaign"], doc["material"])
     n = db["summaries"].count_documents({})
     assert len(query_summaries(db)) == n
+
+
+def test_columns_cover_every_sort_field_and_indexed_field():
+    """Every sortable and every indexed summary field is a column (else the server answers)."""
+    from ionflow import query_index
+    from ionflow.results import INDEXES, SORT_FIELDS
+
+    columns = {*query_index.STRING_FIELDS, *query_index.NUMBER_FIELDS, *query_index.LIST_FIELDS}
+    assert set(SORT_FIELDS) <= columns
+    assert {k for keys, _ in INDEXES for k, _ in keys} <= columns
