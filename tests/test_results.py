@@ -786,3 +786,32 @@ def test_columns_cover_every_sort_field_and_indexed_field():
     columns = {*query_index.STRING_FIELDS, *query_index.NUMBER_FIELDS, *query_index.LIST_FIELDS}
     assert set(SORT_FIELDS) <= columns
     assert {k for keys, _ in INDEXES for k, _ in keys} <= columns
+
+
+def test_columnar_null_semantics_match_the_server():
+    """Null/missing strings and numbers behave as in MongoDB: matched by == None and by
+    $ne, never by ranges or regular expressions."""
+    from ionflow import query_index
+
+    rows = [
+        {"campaign": "c", "material": "a", "pinned_verdict": "pinning lowers x", "ea_ev": 0.2},
+        {"campaign": "c", "material": "b", "pinned_verdict": None, "ea_ev": None},
+        {"campaign": "c", "material": "d"},  # fields missing
+    ]
+    server = mongomock.MongoClient().db.summaries
+    server.insert_many([dict(r) for r in rows])
+    cols = query_index.Columns.from_documents(list(server.find({})))
+    filters = [
+        {"pinned_verdict": None},
+        {"pinned_verdict": {"$ne": "pinning lowers x"}},
+        {"pinned_verdict": {"$regex": "lowers"}},
+        {"pinned_verdict": {"$gte": "p", "$lt": "q"}},
+        {"ea_ev": None},
+        {"ea_ev": {"$ne": None}},
+        {"ea_ev": {"$lte": 1.0}},
+        {"ea_ev": {"$ne": 0.2}},
+    ]
+    for filt in filters:
+        want = sorted(d["material"] for d in server.find(filt))
+        got = sorted(rows[i]["material"] for i in np.nonzero(cols.mask(filt))[0])
+        assert got == want, filt

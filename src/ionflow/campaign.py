@@ -32,6 +32,7 @@ ML_ENGINES = ("chgnet", "mace", "m3gnet", "sevennet", "toy")
 #: Collection (LaunchPad database) with one document per submission.
 SUBMISSIONS_COLLECTION = "ionflow_submissions"
 
+
 class SubmissionError(UserInputError):
     """The LaunchPad holds something submission cannot reconcile (one line, exit 2)."""
 

@@ -179,18 +179,22 @@ class Columns:
 
     def _string(self, field: str, cond) -> np.ndarray:
         codes, uniques = self.strings[field]
-        ok = np.array([False, *([True] * len(uniques))])  # per code; code 0 is null
+        ok = np.ones(len(uniques) + 1, dtype=bool)  # per code; code 0 is null/missing
         values = [None, *uniques]
         if not isinstance(cond, dict):
             cond = {"$eq": cond}
-        pattern = None
+        if not cond:
+            raise Unsupported(f"{field}: {{}}")
         for op, arg in cond.items():
             if op == "$options":
                 continue
             if op == "$regex":
-                flags = re.IGNORECASE if "i" in str(cond.get("$options", "")) else 0
-                pattern = re.compile(arg, flags)
-                ok &= np.array([v is not None and bool(pattern.search(v)) for v in values])
+                options = str(cond.get("$options", ""))
+                if set(options) - {"i"} or not isinstance(arg, str):
+                    raise Unsupported(f"{field} $regex options {options!r}")
+                flags = re.IGNORECASE if "i" in options else 0
+                rx = re.compile(arg, flags)
+                ok &= np.array([v is not None and bool(rx.search(v)) for v in values])
             elif op in ("$eq", "$ne", "$in", "$nin"):
                 want = set(arg) if op in ("$in", "$nin") else {arg}
                 if any(w is not None and not isinstance(w, str) for w in want):
