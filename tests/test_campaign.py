@@ -224,6 +224,7 @@ def test_toy_campaign_end_to_end_and_idempotent(project):
     text = " ".join(status.stdout.split())
     assert "added 11 job(s) and reused 14" in text
     assert "Li3N: extended — added md Li3N free 1200K" in text
+    assert "5 job(s) are superseded" in text  # the first plan's 3 fits and 2 summaries
 
     # back to the first temperature list: nothing to run; its summaries are current again
     spec = _spec(project, relax="none")
@@ -236,6 +237,8 @@ def test_toy_campaign_end_to_end_and_idempotent(project):
     with db.client() as client:
         for s in client[db.database]["summaries"].find({}):
             assert s["temperatures_k"] == [600.0, 900.0]
+    status = _run(["status", str(spec)], cwd=project)
+    assert "11 job(s) are superseded" in " ".join(status.stdout.split())  # the 1200 K plan's
 
 
 def test_interrupted_run_resumes_from_checkpoint(project):

@@ -150,12 +150,13 @@ def status_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from ionflow.campaign import last_submission
+    from ionflow.campaign import last_submission, stage_keys
     from ionflow.dispatch import database_settings
     from ionflow.spec import load_campaign
     from ionflow.store import resolve_database
 
-    spec, _ = load_campaign(spec_file)
+    spec, materials = load_campaign(spec_file)
+    plan_keys = {m.name: set(stage_keys(spec, m).values()) for m in materials}
     data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
     db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
     lp = db.launchpad()
@@ -164,7 +165,7 @@ def status_cmd(
     tab = Table(title=f"campaign {spec.campaign}")
     for col in ("material", "job", "state", "fw_id", "last submit"):
         tab.add_column(col)
-    n = n_new = 0
+    n = n_old = 0
     for fw in lp.fireworks.find(
         {"spec.ionflow_campaign": spec.campaign},
         {
@@ -173,18 +174,26 @@ def status_cmd(
             "state": 1,
             "spec.ionflow_material": 1,
             "spec.ionflow_submitted": 1,
+            "spec.ionflow_key": 1,
         },
     ).sort([("spec.ionflow_material", 1), ("fw_id", 1)]):
         style = {"COMPLETED": "green", "FIZZLED": "red", "RUNNING": "yellow"}.get(fw["state"], "")
         submitted = fw["spec"].get("ionflow_submitted")
-        is_new = stamp is not None and submitted == stamp
-        n_new += is_new
+        material = fw["spec"].get("ionflow_material", "?")
+        key = str(fw["spec"].get("ionflow_key", "")).split(".")[0]
+        if key and material in plan_keys and key not in plan_keys[material]:
+            origin = "[dim]superseded[/]"  # e.g. the fit and summary before a T was added
+            n_old += 1
+        elif stamp is not None and submitted == stamp:
+            origin = "added"
+        else:
+            origin = "reused"
         tab.add_row(
-            fw["spec"].get("ionflow_material", "?"),
+            material,
             fw["name"],
             f"[{style}]{fw['state']}[/]" if style else fw["state"],
             str(fw["fw_id"]),
-            "added" if is_new else "reused",
+            origin,
         )
         n += 1
     con = Console()
@@ -198,6 +207,12 @@ def status_cmd(
             f"job(s) and reused {last['jobs_reused']} job(s) already on the LaunchPad "
             '("reused" = submitted earlier; its result is used, not recomputed).'
         )
+        if n_old:
+            con.print(
+                f"{n_old} job(s) are superseded: not part of the plan in {spec_file} (an "
+                "earlier fit or summary, or a run this plan no longer includes); their "
+                "results stay in the database."
+            )
         for name, d in sorted(last.get("materials", {}).items()):
             if d.get("mode") == "extended":
                 con.print(
