@@ -545,6 +545,23 @@ def test_added_temperature_appends_only_new_runs(db, tmp_path):
     assert last["jobs_added"] == 0 and last["materials"]["Li3N"]["mode"] == "unchanged"
 
 
+def test_locked_workflow_is_not_extended(db, tmp_path, monkeypatch):
+    import ionflow.campaign as campaign
+
+    spec, planned = _planned(tmp_path)
+    lp = db.launchpad()
+    campaign.submit(lp, planned[:1], spec.campaign)
+    n0 = lp.fireworks.count_documents({})
+    lp.workflows.update_many({}, {"$set": {"locked": True}})  # a worker holds the lock
+    monkeypatch.setattr(campaign, "_LOCK_TIMEOUT_S", 0.5)
+    _, planned3 = _planned(tmp_path, temps="600, 900, 1200")
+    with pytest.raises(campaign.SubmissionError, match=r"Li6PS5Cl.*locked.*lpad admin unlock"):
+        campaign.submit(lp, planned3[:1], spec.campaign)
+    assert lp.fireworks.count_documents({}) == n0  # nothing half-added
+    lp.workflows.update_many({}, {"$unset": {"locked": ""}})
+    assert campaign.submit(lp, planned3[:1], spec.campaign)["extended"] == ["Li6PS5Cl"]
+
+
 def test_changed_md_settings_reuse_the_relaxation_only(db, tmp_path):
     import ionflow.campaign as campaign
 

@@ -469,6 +469,9 @@ def _drop_incomplete_workflows(lp, campaign: str) -> list[str]:
     return dropped
 
 
+#: How long to wait for a workflow's FireWorks lock before giving up (s).
+_LOCK_TIMEOUT_S = 300.0
+
 #: Keys per ``$in`` query (SecantusDB's ``$in`` slows down superlinearly with its length).
 _LOOKUP_CHUNK = 200
 
@@ -538,7 +541,7 @@ def _extend_workflow(
     -------
     names of the added jobs, names of the reused jobs
     """
-    from fireworks.core.launchpad import WFLock
+    from fireworks.core.launchpad import LockedWorkflowError, WFLock
 
     from ionflow.store import job_to_firework
 
@@ -579,7 +582,18 @@ def _extend_workflow(
         job.metadata["ionflow_job_uuid"] = job.uuid
         job.metadata["ionflow_submitted"] = submitted
         fws[job.uuid] = job_to_firework(job)
-    with WFLock(lp, anchor):
+    lock_timeout_s = _LOCK_TIMEOUT_S
+    try:
+        lock = WFLock(lp, anchor, expire_secs=lock_timeout_s, kill=False)
+        lock.__enter__()
+    except LockedWorkflowError:
+        raise SubmissionError(
+            f"material {p.material.name!r}: its workflow (firework {anchor}) stayed locked "
+            f"for {lock_timeout_s:g} s (a worker updating it, or a stale lock of a killed "
+            f"process: `lpad admin unlock -i {anchor}`); nothing was added for it — submit "
+            "again once it is unlocked"
+        ) from None
+    try:
         wf = lp.get_wf_by_fw_id_lzyfw(anchor)
         for fw in fws.values():
             wf.id_fw[fw.fw_id] = fw
@@ -594,6 +608,8 @@ def _extend_workflow(
         for job in new_jobs:  # flow order is a topological order
             updated = wf.refresh(fws[job.uuid].fw_id, updated)
         lp._update_wf(wf, updated | {fw.fw_id for fw in fws.values()})
+    finally:
+        lock.__exit__(None, None, None)
     return [j.name for j in new_jobs], reused_names
 
 
