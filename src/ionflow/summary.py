@@ -302,7 +302,7 @@ def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
     """Record each material's current summary key; bring ``summaries`` in line with it.
 
     ``db`` is the JobStore database, ``keys`` material → summary job key (the submitted
-    plan). When the stored summary of a material is another plan's and the current
+    plan; the campaign's records of materials not in it are dropped). When the stored summary of a material is another plan's and the current
     plan's summary job has already run (its output is in ``outputs``, e.g. the user went
     back to an earlier temperature list), that output is stored again. Returns the
     materials whose stored summary was replaced this way.
@@ -311,18 +311,19 @@ def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
         return []
     current = db[CURRENT_COLLECTION]
     current.create_index([("campaign", 1), ("material", 1)])
-    # two writes, not an upsert per material (thousands of materials); a summary job
-    # finishing in between finds no record and writes (last write wins), as before
-    current.delete_many({"campaign": campaign, "material": {"$in": list(keys)}})
+    # two writes, not an upsert per material (thousands of materials; no long $in lists,
+    # slow on SecantusDB): the campaign's records are replaced by this plan's. A summary
+    # job finishing in between finds no record and writes (last write wins), as before.
+    current.delete_many({"campaign": campaign})
     current.insert_many(
         [{"campaign": campaign, "material": m, "summary_key": k} for m, k in keys.items()]
     )
     stored = {
         d["material"]: (d.get("provenance") or {}).get("summary_key")
         for d in db["summaries"].find(
-            {"campaign": campaign, "material": {"$in": list(keys)}},
-            {"material": 1, "provenance.summary_key": 1},
+            {"campaign": campaign}, {"material": 1, "provenance.summary_key": 1}
         )
+        if d.get("material") in keys
     }
     stale = {m: keys[m] for m, k in stored.items() if k is not None and k != keys[m]}
     restored = []
