@@ -60,6 +60,8 @@ class AnalysisMaker(Maker):
             "variant": md_output["variant"],
             "temperature_k": md_output["temperature_k"],
             "analysis_uuid": CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
+            # which MD run this is (find_md_output matches the current summary's runs by it)
+            "trajectory_sha256": (md_output.get("trajectory") or {}).get("sha256"),
             "analysis": res.model_dump(mode="json"),
         }
 

@@ -815,3 +815,32 @@ def test_columnar_null_semantics_match_the_server():
         want = sorted(d["material"] for d in server.find(filt))
         got = sorted(rows[i]["material"] for i in np.nonzero(cols.mask(filt))[0])
         assert got == want, filt
+
+
+def test_md_run_of_the_current_summary_is_exported():
+    """Two MD runs of one (material, variant, T) — the MD settings changed between
+    submissions: the one analysed for the current summary is chosen, not the newest."""
+    from ionflow.results import find_md_output
+
+    db = mongomock.MongoClient().db
+    meta = {
+        "ionflow_campaign": "c",
+        "ionflow_material": "m",
+        "ionflow_variant": "free",
+        "ionflow_temperature_k": 800.0,
+    }
+    for job_id, sha, done in (("md-a", "s1", "2026-01-01"), ("md-b", "s2", "2026-02-01")):
+        db.outputs.insert_one(
+            {"uuid": job_id, "index": 1, "metadata": meta, "completed_at": done,
+             "output": {"trajectory": {"sha256": sha}, "tag": job_id}}
+        )  # fmt: skip
+    kw = {"campaign": "c", "material": "m", "variant": "free", "temperature_k": 800.0}
+    assert find_md_output(db, **kw)["tag"] == "md-b"  # no summary: the newest
+    db.outputs.insert_one(
+        {"uuid": "an-a", "index": 1, "output": {"trajectory_sha256": "s1", "analysis": {}}}
+    )
+    db.summaries.insert_one(
+        {"campaign": "c", "material": "m",
+         "free": {"runs": [{"temperature_k": 800.0, "analysis_uuid": "an-a"}]}}
+    )  # fmt: skip
+    assert find_md_output(db, **kw)["tag"] == "md-a"

@@ -1004,10 +1004,36 @@ def fetch_run_analyses(source: Any, summary: MaterialSummary) -> list[RunAnalysi
     return list(iter_run_analyses(source, [summary]))[0][1]
 
 
+def _summary_trajectory_sha(
+    source: Any, campaign: str, material: str, variant: str, temperature_k: float
+) -> str | None:
+    """Checksum of the trajectory analysed for the current summary's run (or None)."""
+    with open_source(source) as handle:
+        summary = handle.db[SUMMARY_COLLECTION].find_one(
+            {"campaign": campaign, "material": material}, {"free": 1, "pinned": 1}
+        )
+        runs = ((summary or {}).get(variant) or {}).get("runs") or []
+        uuids = [
+            r.get("analysis_uuid")
+            for r in runs
+            if r.get("analysis_uuid") and float(r.get("temperature_k", -1)) == float(temperature_k)
+        ]
+        if not uuids:
+            return None
+        out = handle.db[OUTPUTS_COLLECTION].find_one(
+            {"uuid": uuids[0]}, {"output.trajectory_sha256": 1}
+        )
+    return ((out or {}).get("output") or {}).get("trajectory_sha256")
+
+
 def find_md_output(
     source: Any, *, campaign: str, material: str, variant: str, temperature_k: float
 ) -> dict[str, Any]:
-    """The newest MD job output of one run (it holds the ``trajectory`` reference).
+    """The MD job output of one run (it holds the ``trajectory`` reference).
+
+    Several MD outputs of one (material, variant, T) exist when the MD settings changed
+    between submissions: the one analysed for the material's current summary is returned
+    (matched by the trajectory checksum its analysis records), else the newest.
 
     Raises
     ------
@@ -1040,6 +1066,15 @@ def find_md_output(
                     {"_id": 0, "metadata.ionflow_variant": 1, "metadata.ionflow_temperature_k": 1},
                 )
             )
+    if len(docs) > 1:
+        sha = _summary_trajectory_sha(source, campaign, material, variant, temperature_k)
+        chosen = [
+            d
+            for d in docs
+            if ((d.get("output") or {}).get("trajectory") or {}).get("sha256") == sha
+        ]
+        if sha is not None and chosen:
+            docs = chosen
     if docs:
         return _latest_per_key(docs, lambda d: 0)[0]["output"]
     runs = sorted(
