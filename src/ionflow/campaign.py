@@ -48,8 +48,12 @@ class PlannedMaterial:
     material: ResolvedMaterial
     flow: object
     fingerprint: str
-    n_jobs: int
     keys: dict[str, str] = field(default_factory=dict)  # job uuid -> ionflow_key
+
+    @property
+    def n_jobs(self) -> int:
+        """Jobs of the flow (nested flows counted by their jobs)."""
+        return len(self.keys)
 
 
 def _key(payload) -> str:
@@ -122,11 +126,6 @@ def stage_keys(spec: CampaignSpec, mat: ResolvedMaterial) -> dict[tuple, str]:
         {"supercell": supercell, "fits": [keys["arrhenius", v] for v in variants]}
     )
     return keys
-
-
-def material_fingerprint(spec: CampaignSpec, mat: ResolvedMaterial) -> str:
-    """Hash of everything that determines a material's results (its summary's key)."""
-    return stage_keys(spec, mat)["summary",]
 
 
 def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path):
@@ -203,10 +202,6 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
     return maker.make(start, mat.name, metadata=meta)
 
 
-def _top_level_items(flow) -> list:
-    return list(flow.jobs)
-
-
 def _flat_jobs(item) -> list:
     """The jobs of a job or (nested) flow, in flow order."""
     from jobflow import Flow
@@ -230,18 +225,20 @@ def _stage_of(item) -> tuple:
 
 
 def key_jobs(flow, keys: dict[tuple, str]) -> dict[str, str]:
-    """Set ``metadata.ionflow_key`` on every job of a material flow; return uuid → key.
+    """Set ``metadata.ionflow_key`` (and ``ionflow_job_uuid``) on every job of a material
+    flow; return uuid → key.
 
     A stage made of several jobs (a VASP MD run: pin, segments, collect) numbers them:
     ``<stage key>.<position>``.
     """
     out: dict[str, str] = {}
-    for item in _top_level_items(flow):
+    for item in flow.jobs:
         base = keys[_stage_of(item)]
         jobs = _flat_jobs(item)
         for i, job in enumerate(jobs):
             key = base if len(jobs) == 1 else f"{base}.{i}"
             job.metadata["ionflow_key"] = key
+            job.metadata["ionflow_job_uuid"] = job.uuid  # also a replacement's (same uuid)
             out[job.uuid] = key
     return out
 
@@ -253,7 +250,7 @@ def plan_campaign(spec: CampaignSpec, materials: list[ResolvedMaterial], run_roo
         flow = build_material_flow(spec, mat, run_root)
         skeys = stage_keys(spec, mat)
         keys = key_jobs(flow, skeys)
-        out.append(PlannedMaterial(mat, flow, skeys["summary",], len(keys), keys))
+        out.append(PlannedMaterial(mat, flow, skeys["summary",], keys))
     return out
 
 
@@ -548,7 +545,7 @@ def _extend_workflow(
     mapping: dict[str, str] = {}  # planned uuid -> existing uuid
     fw_of: dict[str, int] = {}  # existing uuid -> fw_id
     new_jobs, reused_names = [], []
-    for item in _top_level_items(p.flow):
+    for item in p.flow.jobs:
         jobs = _flat_jobs(item)
         hits = [existing.get(p.keys[j.uuid]) for j in jobs]
         if all(hits):
@@ -579,38 +576,41 @@ def _extend_workflow(
     anchor = parent_fws[0]
     fws = {}
     for job in new_jobs:
-        job.metadata["ionflow_job_uuid"] = job.uuid
         job.metadata["ionflow_submitted"] = submitted
         fws[job.uuid] = job_to_firework(job)
-    lock_timeout_s = _LOCK_TIMEOUT_S
     try:
-        lock = WFLock(lp, anchor, expire_secs=lock_timeout_s, kill=False)
-        lock.__enter__()
+        with WFLock(lp, anchor, expire_secs=_LOCK_TIMEOUT_S, kill=False):
+            _append_fireworks(lp, anchor, new_jobs, fws, fw_of)
     except LockedWorkflowError:
         raise SubmissionError(
             f"material {p.material.name!r}: its workflow (firework {anchor}) stayed locked "
-            f"for {lock_timeout_s:g} s (a worker updating it, or a stale lock of a killed "
+            f"for {_LOCK_TIMEOUT_S:g} s (a worker updating it, or a stale lock of a killed "
             f"process: `lpad admin unlock -i {anchor}`); nothing was added for it — submit "
             "again once it is unlocked"
         ) from None
-    try:
-        wf = lp.get_wf_by_fw_id_lzyfw(anchor)
-        for fw in fws.values():
-            wf.id_fw[fw.fw_id] = fw
-            wf.links[fw.fw_id] = []
-            wf.fw_states[fw.fw_id] = "WAITING"
-        for job in new_jobs:
-            child = fws[job.uuid].fw_id
-            for u in dict.fromkeys(job.input_uuids):
-                parent = fws[u].fw_id if u in fws else fw_of[u]
-                wf.links[parent].append(child)
-        updated: set = set()
-        for job in new_jobs:  # flow order is a topological order
-            updated = wf.refresh(fws[job.uuid].fw_id, updated)
-        lp._update_wf(wf, updated | {fw.fw_id for fw in fws.values()})
-    finally:
-        lock.__exit__(None, None, None)
     return [j.name for j in new_jobs], reused_names
+
+
+def _append_fireworks(lp, anchor: int, new_jobs: list, fws: dict, fw_of: dict) -> None:
+    """Add ``fws`` (one per job of ``new_jobs``) to the workflow of firework ``anchor``.
+
+    Parents: the new fireworks of the jobs a job references, else the existing fireworks
+    ``fw_of`` maps their uuids to. Must run under the workflow's ``WFLock``.
+    """
+    wf = lp.get_wf_by_fw_id_lzyfw(anchor)
+    for fw in fws.values():
+        wf.id_fw[fw.fw_id] = fw
+        wf.links[fw.fw_id] = []
+        wf.fw_states[fw.fw_id] = "WAITING"
+    for job in new_jobs:
+        child = fws[job.uuid].fw_id
+        for u in dict.fromkeys(job.input_uuids):
+            parent = fws[u].fw_id if u in fws else fw_of[u]
+            wf.links[parent].append(child)
+    updated: set = set()
+    for job in new_jobs:  # flow order is a topological order
+        updated = wf.refresh(fws[job.uuid].fw_id, updated)
+    lp._update_wf(wf, updated | {fw.fw_id for fw in fws.values()})
 
 
 def submit(lp, planned: list[PlannedMaterial], campaign: str) -> dict:
@@ -740,8 +740,7 @@ def _insert_workflows(lp, fresh: list[PlannedMaterial], campaign: str, now) -> N
     if not fresh:
         return
     for p in fresh:
-        for job in (j for item in _top_level_items(p.flow) for j in _flat_jobs(item)):
-            job.metadata["ionflow_job_uuid"] = job.uuid
+        for job in _flat_jobs(p.flow):
             job.metadata["ionflow_submitted"] = now.isoformat()
     # Build the documents of chunk k+1 while a thread writes chunk k: the server's index
     # maintenance and the client's serialisation take about as long as each other.
