@@ -10,8 +10,7 @@ from pathlib import Path
 from jobflow import Maker, job
 from jobflow.core.job import JobConfig
 
-#: collection (in the JobStore database) holding one summary per (campaign, material)
-SUMMARY_COLLECTION = "summaries"
+from ionflow.summary import SUMMARY_COLLECTION
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ionflow.errors import UserInputError
-from ionflow.summary import SCHEMA_VERSION, MaterialSummary
+from ionflow.summary import SCHEMA_VERSION, SUMMARY_COLLECTION, MaterialSummary
 
 if TYPE_CHECKING:
     from ionflow.analysis import DiffusionAnalysis
@@ -77,8 +77,6 @@ __all__ = [
     "verdict_category",
 ]
 
-#: Collection (in the JobStore database) with one summary per (campaign, material).
-SUMMARY_COLLECTION = "summaries"
 #: Collection of the JobStore's job outputs.
 OUTPUTS_COLLECTION = "outputs"
 #: Major schema version this code reads (documents of another major version are refused).
@@ -1005,24 +1003,21 @@ def fetch_run_analyses(source: Any, summary: MaterialSummary) -> list[RunAnalysi
 
 
 def _summary_trajectory_sha(
-    source: Any, campaign: str, material: str, variant: str, temperature_k: float
+    db, campaign: str, material: str, variant: str, temperature_k: float
 ) -> str | None:
     """Checksum of the trajectory analysed for the current summary's run (or None)."""
-    with open_source(source) as handle:
-        summary = handle.db[SUMMARY_COLLECTION].find_one(
-            {"campaign": campaign, "material": material}, {"free": 1, "pinned": 1}
-        )
-        runs = ((summary or {}).get(variant) or {}).get("runs") or []
-        uuids = [
-            r.get("analysis_uuid")
-            for r in runs
-            if r.get("analysis_uuid") and float(r.get("temperature_k", -1)) == float(temperature_k)
-        ]
-        if not uuids:
-            return None
-        out = handle.db[OUTPUTS_COLLECTION].find_one(
-            {"uuid": uuids[0]}, {"output.trajectory_sha256": 1}
-        )
+    summary = db[SUMMARY_COLLECTION].find_one(
+        {"campaign": campaign, "material": material}, {"free": 1, "pinned": 1}
+    )
+    runs = ((summary or {}).get(variant) or {}).get("runs") or []
+    uuids = [
+        r.get("analysis_uuid")
+        for r in runs
+        if r.get("analysis_uuid") and float(r.get("temperature_k", -1)) == float(temperature_k)
+    ]
+    if not uuids:
+        return None
+    out = db[OUTPUTS_COLLECTION].find_one({"uuid": uuids[0]}, {"output.trajectory_sha256": 1})
     return ((out or {}).get("output") or {}).get("trajectory_sha256")
 
 
@@ -1066,14 +1061,16 @@ def find_md_output(
                     {"_id": 0, "metadata.ionflow_variant": 1, "metadata.ionflow_temperature_k": 1},
                 )
             )
-    if len(docs) > 1:
-        sha = _summary_trajectory_sha(source, campaign, material, variant, temperature_k)
+        sha = None
+        if len(docs) > 1:
+            sha = _summary_trajectory_sha(handle.db, campaign, material, variant, temperature_k)
+    if sha is not None:
         chosen = [
             d
             for d in docs
             if ((d.get("output") or {}).get("trajectory") or {}).get("sha256") == sha
         ]
-        if sha is not None and chosen:
+        if chosen:
             docs = chosen
     if docs:
         return _latest_per_key(docs, lambda d: 0)[0]["output"]

@@ -271,6 +271,8 @@ def build_summary(
     )
 
 
+#: Collection (JobStore database) with one summary per (campaign, material).
+SUMMARY_COLLECTION = "summaries"
 #: Collection (JobStore database): the current summary key of each (campaign, material),
 #: written at every submission (:func:`set_current_summaries`).
 CURRENT_COLLECTION = "summaries_current"
@@ -307,6 +309,8 @@ def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
     back to an earlier temperature list), that output is stored again. Returns the
     materials whose stored summary was replaced this way.
     """
+    from ionflow.results import OUTPUTS_COLLECTION
+
     if not keys:
         return []
     current = db[CURRENT_COLLECTION]
@@ -320,7 +324,7 @@ def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
     )
     stored = {
         d["material"]: (d.get("provenance") or {}).get("summary_key")
-        for d in db["summaries"].find(
+        for d in db[SUMMARY_COLLECTION].find(
             {"campaign": campaign}, {"material": 1, "provenance.summary_key": 1}
         )
         if d.get("material") in keys
@@ -329,13 +333,13 @@ def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
     restored = []
     for material, key in stale.items():
         out = list(
-            db["outputs"]
+            db[OUTPUTS_COLLECTION]
             .find({"metadata.ionflow_key": key}, {"output": 1})
             .sort("index", -1)
             .limit(1)
         )
         doc = out[0].get("output") if out else None
         if isinstance(doc, dict) and doc.get("material") == material:
-            store_summary(db["summaries"], doc)
+            store_summary(db[SUMMARY_COLLECTION], doc)
             restored.append(material)
     return restored

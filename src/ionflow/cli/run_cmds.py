@@ -86,16 +86,6 @@ def print_summaries(con, summaries: list[dict]) -> None:
         con.print(f"• {n}")
 
 
-def load_summaries(db, campaign: str) -> list[dict]:
-    from ionflow.makers.analysis import SUMMARY_COLLECTION
-
-    with db.client() as client:
-        docs = list(
-            client[db.database][SUMMARY_COLLECTION].find({"campaign": campaign}, {"_id": 0})
-        )
-    return sorted(docs, key=lambda d: d["material"])
-
-
 @app.command("run")
 def run_cmd(
     spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
@@ -108,6 +98,7 @@ def run_cmd(
     from rich.console import Console
 
     from ionflow.dispatch import run_campaign
+    from ionflow.results import load_summaries
 
     con = Console()
     if not con.is_terminal:
