@@ -109,11 +109,9 @@ class Columns:
             pos = {v: i + 1 for i, v in enumerate(uniques)}  # 0 = null
             codes = np.fromiter((pos.get(v, 0) for v in values), dtype=np.int32, count=len(docs))
             strings[f] = (codes, uniques)
-        numbers = {}
-        for f in NUMBER_FIELDS:
-            numbers[f] = np.array([_number(d.get(f)) for d in docs], dtype=np.float64).reshape(
-                len(docs)
-            )
+        numbers = {
+            f: np.array([_number(d.get(f)) for d in docs], dtype=np.float64) for f in NUMBER_FIELDS
+        }
         lists = {}
         for f in LIST_FIELDS:
             rows = [v if isinstance(v := d.get(f), list) else [] for d in docs]
