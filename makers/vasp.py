@@ -110,6 +110,13 @@ DEFAULT_BUFFER_S = 600.0
 #: ``ionflow_vasp_tag`` job-metadata key: the stable tag of a VASP job (reference inputs).
 TAG_KEY = "ionflow_vasp_tag"
 POTCAR_FUNCTIONAL = "PBE_54"
+#: Input-set options of every ionflow VASP job: our INCAR as given (see the module docstring).
+_SET_OPTIONS = {
+    "user_potcar_functional": POTCAR_FUNCTIONAL,
+    "auto_ismear": False,
+    "auto_ispin": False,
+    "inherit_incar": False,
+}
 
 
 def md_segment_tag(variant: str, temperature_k: float, segment: int) -> str:
@@ -314,10 +321,7 @@ class VaspRelaxMaker(RelaxMaker):
         settings, record = iv.relax_incar(structure, self.incar_overrides)
         generator = RelaxSetGenerator(
             user_incar_settings=settings,
-            user_potcar_functional=POTCAR_FUNCTIONAL,
-            auto_ismear=False,
-            auto_ispin=False,
-            inherit_incar=False,
+            **_SET_OPTIONS,
         )
         return generator, record
 
@@ -408,10 +412,7 @@ class VaspMDSegmentMaker(MDMaker):
             time_step=float(self.time_step_fs),
             user_incar_settings=settings,
             user_kpoints_settings=Kpoints.gamma_automatic((1, 1, 1)),
-            user_potcar_functional=POTCAR_FUNCTIONAL,
-            auto_ismear=False,
-            auto_ispin=False,
-            inherit_incar=False,
+            **_SET_OPTIONS,
         )
         return generator, record
 

@@ -20,6 +20,14 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, fig, path: str | Path | None) -> None:
+    """Lay out a figure this module created; save and close it when ``path`` is given."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path)
+        plt.close(fig)
+
+
 def plot_msd(analysis: DiffusionAnalysis, path: str | Path | None = None, ax=None):
     """MSD (total and per axis) and MSCD vs lag time with the fit window shaded."""
     plt = _pyplot()
@@ -51,10 +59,7 @@ def plot_msd(analysis: DiffusionAnalysis, path: str | Path | None = None, ax=Non
     ax.set_ylabel("MSD (Å²)")
     ax.legend(fontsize=7, loc="upper left")
     if own:
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-            plt.close(fig)
+        _finish(plt, fig, path)
     return ax
 
 
@@ -114,8 +119,5 @@ def plot_arrhenius(
     ax.set_title("Arrhenius (◇ extrapolation; bars: 68 % thick, 95 % thin)", fontsize=9)
     ax.legend(fontsize=8)
     if own:
-        fig.tight_layout()
-        if path is not None:
-            fig.savefig(path)
-            plt.close(fig)
+        _finish(plt, fig, path)
     return ax
