@@ -59,7 +59,7 @@ class RunSummary(BaseModel):
             conductivity_ms_cm=a.conductivity_ms_cm,
             conductivity_err_ms_cm=a.conductivity_err_ms_cm,
             haven_ratio=a.haven_ratio,
-            haven_ratio_err=a.haven_ratio_err,
+            haven_ratio_err=None,
             n_eff_hops=a.n_eff_hops,
             duration_ps=a.duration_ps,
             fit_window_ps=a.fit_window_ps,

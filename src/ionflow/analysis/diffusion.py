@@ -79,7 +79,7 @@ ION_CHARGES = {
 #: (with t_end/t_start = 5, the MSD grows by less than 17 %).
 CAGED_MAX_EXPONENT = 0.1
 
-Regime = Literal["diffusive", "caged", "insufficient"]
+Regime = Literal["diffusive", "subdiffusive", "caged", "insufficient"]
 FitMode = Literal["ionflow", "pymatgen"]
 
 
@@ -90,6 +90,14 @@ class MSDCurve(BaseModel):
     msd_a2: list[float] = Field(description="Ion-averaged MSD of the mobile species, Å²")
     msd_components_a2: list[list[float]] = Field(description="Per-axis MSD (x, y, z), Å²")
     mscd_a2: list[float] = Field(description="MSD of the summed displacement divided by N, Å²")
+
+
+class LocalDiffusivity(BaseModel):
+    """Tracer D fitted on one sub-window of the fit window (evidence of (non-)linearity)."""
+
+    window_ps: tuple[float, float] = Field(description="Lag window of this local fit, ps")
+    diffusivity_cm2_s: float = Field(description="Local tracer D, cm²/s")
+    diffusivity_err_cm2_s: float = Field(description="1σ statistical error of the local D, cm²/s")
 
 
 class DiffusionAnalysis(BaseModel):
@@ -108,13 +116,29 @@ class DiffusionAnalysis(BaseModel):
     fit_mode: FitMode = Field(description="'ionflow' (documented window) or 'pymatgen' (compat)")
     fit_window_ps: tuple[float, float] = Field(description="Lag window of the MSD fit, ps")
     drift_reference: str = Field(description="Which atoms defined the drift that was removed")
-    regime: Regime = Field(description="diffusive | caged | insufficient")
+    regime: Regime = Field(description="diffusive | subdiffusive | caged | insufficient")
     regime_reason: str = Field(description="Why the regime was assigned")
     msd_exponent: float | None = Field(
         description="log-log slope of the MSD across the fit window (1 = diffusive)"
     )
     diffusivity_cm2_s: float | None = Field(description="Tracer diffusivity D*, cm²/s")
-    diffusivity_err_cm2_s: float | None = Field(description="1σ uncertainty of D*, cm²/s")
+    diffusivity_err_cm2_s: float | None = Field(
+        description="1σ total uncertainty of D*: statistical ⊕ window-systematic, cm²/s"
+    )
+    diffusivity_stat_err_cm2_s: float | None = Field(
+        None, description="Statistical part of the D* uncertainty (1σ), cm²/s"
+    )
+    diffusivity_sys_err_cm2_s: float | None = Field(
+        None, description="Window-dependence (systematic) part of the D* uncertainty, cm²/s"
+    )
+    local_diffusivities: list[LocalDiffusivity] = Field(
+        default_factory=list,
+        description="D* fitted on the early and late halves of the fit window (always kept)",
+    )
+    window_z: float | None = Field(
+        None,
+        description="(D_early − D_late)/σ of the difference: the linearity test statistic",
+    )
     diffusivity_components_cm2_s: list[float] | None = Field(
         description="Tracer D along x, y, z, cm²/s"
     )
@@ -122,16 +146,40 @@ class DiffusionAnalysis(BaseModel):
         description="1σ of the per-axis D, cm²/s"
     )
     charge_diffusivity_cm2_s: float | None = Field(
-        description="Charge (collective) diffusivity D_σ from the summed displacement, cm²/s"
+        description=(
+            "Charge (collective) diffusivity D_σ from the summed displacement, cm²/s; "
+            "only when resolved (> 2σ from zero)"
+        )
     )
-    charge_diffusivity_err_cm2_s: float | None = Field(description="1σ of D_σ, cm²/s")
-    haven_ratio: float | None = Field(description="H_R = D*/D_σ")
-    haven_ratio_err: float | None = Field(description="1σ of H_R")
-    conductivity_ms_cm: float | None = Field(description="Nernst–Einstein σ from D*, mS/cm")
-    conductivity_err_ms_cm: float | None = Field(description="1σ of σ, mS/cm")
-    charge_conductivity_ms_cm: float | None = Field(description="σ from D_σ, mS/cm")
-    charge_conductivity_err_ms_cm: float | None = Field(description="1σ of σ from D_σ, mS/cm")
-    n_eff_hops: float = Field(description="He et al. N_eff = N·MSD_max/a² (hop equivalents)")
+    charge_diffusivity_err_cm2_s: float | None = Field(
+        description="1σ of the D_σ estimate (given also when D_σ is not resolved), cm²/s"
+    )
+    charge_diffusivity_estimate_cm2_s: float | None = Field(
+        None, description="D_σ point estimate whether resolved or not (may be ≤ 0), cm²/s"
+    )
+    charge_diffusivity_upper_cm2_s: float | None = Field(
+        None, description="95 % upper bound on D_σ when it is not resolved, cm²/s"
+    )
+    charge_diffusivity_reason: str | None = Field(
+        None, description="Why D_σ is or is not reported"
+    )
+    haven_ratio: float | None = Field(
+        description="H_R = D*/D_σ (only when both are resolved)"
+    )
+    haven_ratio_interval: tuple[float, float] | None = Field(
+        None, description="68 % interval of H_R (asymmetric: a ratio of uncertain numbers)"
+    )
+    conductivity_ms_cm: float | None = Field(
+        description="Tracer-based σ: Nernst–Einstein from D* (assumes H_R = 1), mS/cm"
+    )
+    conductivity_err_ms_cm: float | None = Field(description="1σ of the tracer-based σ, mS/cm")
+    charge_conductivity_ms_cm: float | None = Field(
+        description="Charge σ: Nernst–Einstein from D_σ (only when D_σ is resolved), mS/cm"
+    )
+    charge_conductivity_err_ms_cm: float | None = Field(description="1σ of the charge σ, mS/cm")
+    n_eff_hops: float = Field(
+        description="He et al. N_eff = N·6·D*·T/a² (hop equivalents of length a in the run)"
+    )
     diffusivity_rel_err_he2018: float | None = Field(
         description="He et al. 2018 relative SD of D: 3.43/√N_eff + 0.04"
     )
@@ -407,7 +455,7 @@ def analyze_displacements(
         charge_diffusivity_cm2_s=d_chg if ok else None,
         charge_diffusivity_err_cm2_s=d_chg_err if ok else None,
         haven_ratio=haven,
-        haven_ratio_err=haven_err,
+        haven_ratio_interval=(haven - haven_err, haven + haven_err) if haven else None,
         conductivity_ms_cm=d_cm2_s * conv if ok else None,
         conductivity_err_ms_cm=d_err * conv if ok else None,
         charge_conductivity_ms_cm=d_chg * conv if ok else None,
