@@ -46,9 +46,11 @@ otherwise. Only ``diffusive`` runs report D and σ.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +60,7 @@ from pydantic import BaseModel, Field
 from ionflow.analysis.msd import (
     DisplacementAccumulator,
     Displacements,
+    MSDResult,
     brownian_slope_variance,
     compute_msd,
 )
@@ -139,6 +142,13 @@ class DiffusionAnalysis(BaseModel):
         None,
         description="(D_early − D_late)/σ of the difference: the linearity test statistic",
     )
+    block_dispersion: float | None = Field(
+        None,
+        description=(
+            "Block-to-block variance of D over the variance the errors predict (pooled over "
+            "4, 6, 8 blocks); > 1 scales the statistical error by its square root"
+        ),
+    )
     diffusivity_components_cm2_s: list[float] | None = Field(
         description="Tracer D along x, y, z, cm²/s"
     )
@@ -160,12 +170,8 @@ class DiffusionAnalysis(BaseModel):
     charge_diffusivity_upper_cm2_s: float | None = Field(
         None, description="95 % upper bound on D_σ when it is not resolved, cm²/s"
     )
-    charge_diffusivity_reason: str | None = Field(
-        None, description="Why D_σ is or is not reported"
-    )
-    haven_ratio: float | None = Field(
-        description="H_R = D*/D_σ (only when both are resolved)"
-    )
+    charge_diffusivity_reason: str | None = Field(None, description="Why D_σ is or is not reported")
+    haven_ratio: float | None = Field(description="H_R = D*/D_σ (only when both are resolved)")
     haven_ratio_interval: tuple[float, float] | None = Field(
         None, description="68 % interval of H_R (asymmetric: a ratio of uncertain numbers)"
     )
@@ -265,6 +271,220 @@ def _thin_indices(n: int, max_points: int = 400) -> np.ndarray:
     return np.concatenate([[0], idx])
 
 
+#: |z| of the early-vs-late local slope difference at which the MSD counts as not linear
+#: (``subdiffusive``). On linear synthetic runs z is N(0, 1) within ±5 % in spread, so
+#: about 0.3 % of truly diffusive runs are flagged.
+LINEARITY_Z = 3.0
+#: Block counts whose block-to-block scatter calibrates the statistical error (pooled).
+BLOCK_COUNTS = (4, 6, 8)
+#: Fewest frames a block must hold to take part in the block check.
+MIN_BLOCK_FRAMES = 20
+#: Lags of the Brownian covariance model (a coarse subset of the fit lags).
+MODEL_LAGS = 40
+
+
+def _fit_lags(
+    n: int, dt_ps: float, window_ps: tuple[float, float], source: str, frame_interval_fs: float
+) -> np.ndarray:
+    """Up to 200 evenly spaced lags (frames) covering ``window_ps``."""
+    t0, t1 = window_ps
+    if not (0 <= t0 < t1):
+        raise UserInputError(f"fit window must satisfy 0 ≤ start < end, got ({t0}, {t1}) ps")
+    k0 = max(1, int(round(t0 / dt_ps)))
+    k1 = min(n - 1, int(round(t1 / dt_ps)))
+    if k1 - k0 < 2:
+        raise InsufficientDataError(
+            f"{source}: the fit window {t0:.3g}–{t1:.3g} ps holds fewer than "
+            f"3 lags at {frame_interval_fs} fs per frame ({n} frames)"
+        )
+    return np.unique(np.linspace(k0, k1, min(200, k1 - k0 + 1)).round().astype(int))
+
+
+def _window_weights(t: np.ndarray, fit_weights: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Linear functionals on the lags: the whole window, its early and late halves."""
+    mid = len(t) // 2
+    fw = (lambda s: None) if fit_weights is None else (lambda s: fit_weights[s])
+    early, late = np.zeros(len(t)), np.zeros(len(t))
+    early[: mid + 1] = _ols_weights(t[: mid + 1], fw(slice(0, mid + 1)))
+    late[mid:] = _ols_weights(t[mid:], fw(slice(mid, None)))
+    return {
+        "all": _ols_weights(t, fit_weights),
+        "early": early,
+        "late": late,
+        "diff": early - late,
+        "mid": mid,
+    }
+
+
+@functools.lru_cache(maxsize=64)
+def _model_variances(lags: tuple[int, ...], n: int, dt_ps: float, weighted: bool):
+    """Brownian covariance-model variances (per unit step variance, 1-D) of each functional."""
+    lags_arr = np.asarray(lags)
+    idx = np.unique(np.linspace(0, len(lags_arr) - 1, min(MODEL_LAGS, len(lags_arr))).round())
+    sub = lags_arr[idx.astype(int)]
+    ws = _window_weights(sub * dt_ps, (1.0 / sub) if weighted else None)
+    out = {}
+    for key in ("all", "early", "late", "diff"):
+        out[key] = brownian_slope_variance(sub, ws[key], n, 1.0) if len(sub) >= 4 else 0.0
+    return out
+
+
+@dataclass
+class _SlopeFit:
+    """Linear-functional estimates of one set of displacements, Å²/ps (``_slope_fit``)."""
+
+    slope: float  # MSD slope (= 6 D*)
+    slope_axes: np.ndarray  # (3,) per-axis MSD slopes (= 2 D_a)
+    slope_charge: float  # collective MSD slope (= 6 D_σ)
+    se_ion: float  # ion-resampling SE (× Student t)
+    se_ion_axes: np.ndarray
+    se_model: float  # Brownian all-origin covariance model
+    se_model_axes: np.ndarray
+    se_charge: float  # Brownian model of the collective slope
+    early: float  # slope on the early half of the window
+    late: float  # slope on the late half
+    se_early: float
+    se_late: float
+    se_diff: float  # SE of early − late (ions paired; or the model)
+    t_early: tuple[float, float]
+    t_late: tuple[float, float]
+    msd: MSDResult
+
+    @property
+    def se(self) -> float:
+        return float(np.nanmax([self.se_ion, self.se_model]))
+
+
+def _slope_fit(
+    mobile: np.ndarray,
+    lags: np.ndarray,
+    dt_ps: float,
+    weighted: bool,
+    progress: Callable[[int], None] | None = None,
+) -> _SlopeFit:
+    """Every slope the analysis needs, with its errors, from one set of displacements.
+
+    The estimators are linear functionals ``w · MSD[lags]`` (OLS on the whole window and
+    on its early and late halves; ``weighted``: 1/lag weights, pymatgen's choice). Each gets
+    an ion-resampling error (per-ion curves; paired for the early − late difference) and
+    the Brownian all-origin covariance model error; the larger is used.
+    """
+    n, n_ions = mobile.shape[0], mobile.shape[1]
+    t = lags * dt_ps
+    msd = compute_msd(mobile, lags, progress=progress)
+    ws = _window_weights(t, (1.0 / lags) if weighted else None)
+    grid = msd.per_ion_grid_a2  # (lags, ions, 3)
+    msd_lags = msd.msd_a2[lags]
+    slope = float(ws["all"] @ msd_lags)
+    slope_axes = msd.msd_axes_a2[lags].T @ ws["all"]
+    slope_charge = float(ws["all"] @ msd.collective_a2[lags])
+    per_ion = {k: np.einsum("g,gia->ia", ws[k], grid) for k in ("all", "early", "late", "diff")}
+    tfac = _student_factor(n_ions)
+
+    def ion_se(x: np.ndarray):
+        if n_ions < 2:
+            return np.full(x.shape[1:], np.nan)
+        return x.std(axis=0, ddof=1) / math.sqrt(n_ions) * tfac
+
+    var = _model_variances(tuple(int(k) for k in lags), n, float(dt_ps), weighted)
+    step_var = 2.0 * max(slope, 0.0) / 6.0 * dt_ps  # 2·D·Δt per axis, Å²
+
+    def model(key: str) -> float:
+        return math.sqrt(3.0 * var[key]) * step_var / math.sqrt(n_ions)
+
+    def se(key: str) -> float:
+        return float(np.nanmax([float(ion_se(per_ion[key].sum(axis=1))), model(key)]))
+
+    # collective walker: N × the step variance, at least what independent ions give, so
+    # that a collective slope ≤ 0 still has an honest (non-zero) error
+    step_var_chg = 2.0 * max(slope_charge, slope, 0.0) / 6.0 * dt_ps * n_ions
+    mid = ws["mid"]
+    return _SlopeFit(
+        slope=slope,
+        slope_axes=slope_axes,
+        slope_charge=slope_charge,
+        se_ion=float(ion_se(per_ion["all"].sum(axis=1))),
+        se_ion_axes=ion_se(per_ion["all"]),
+        se_model=model("all"),
+        se_model_axes=np.sqrt(var["all"]) * np.maximum(slope_axes, 0.0) * dt_ps / math.sqrt(n_ions),
+        se_charge=math.sqrt(3.0 * var["all"]) * step_var_chg / n_ions,
+        early=float(ws["early"] @ msd_lags),
+        late=float(ws["late"] @ msd_lags),
+        se_early=se("early"),
+        se_late=se("late"),
+        se_diff=se("diff"),
+        t_early=(float(t[0]), float(t[mid])),
+        t_late=(float(t[mid]), float(t[-1])),
+        msd=msd,
+    )
+
+
+@dataclass
+class _BlockCheck:
+    """Block-to-block scatter of the estimator relative to its own errors."""
+
+    dispersion: float  # pooled var(block slopes) / mean(block SE²); 1 = errors honest
+    dispersion_charge: float
+    n_sets: int  # block counts that took part
+    blocks: dict[int, list[float]]  # B → block D*, cm²/s (for the record)
+
+
+def _block_check(mobile: np.ndarray, lags: np.ndarray, dt_ps: float, weighted: bool) -> _BlockCheck:
+    """Cut the run into B consecutive blocks (B in :data:`BLOCK_COUNTS`) and compare the
+    scatter of the block estimates (same estimator, window scaled to the block) with the
+    errors the estimator claims for them. Pooled over B to steady the ratio."""
+    n = mobile.shape[0]
+    ratios, ratios_chg, blocks = [], [], {}
+    for n_blocks in BLOCK_COUNTS:
+        length = n // n_blocks
+        if length < MIN_BLOCK_FRAMES:
+            continue
+        lags_b = np.unique(np.clip(np.round(lags * length / n), 1, length - 1).astype(int))
+        if len(lags_b) < 3:
+            continue
+        fits = [
+            _slope_fit(mobile[b * length : (b + 1) * length], lags_b, dt_ps, weighted)
+            for b in range(n_blocks)
+        ]
+        s = np.array([f.slope for f in fits])
+        e = np.array([f.se for f in fits])
+        c = np.array([f.slope_charge for f in fits])
+        ec = np.array([f.se_charge for f in fits])
+        if np.all(e > 0):
+            ratios.append(float(s.var(ddof=1) / np.mean(e**2)))
+        if np.all(ec > 0):
+            ratios_chg.append(float(c.var(ddof=1) / np.mean(ec**2)))
+        blocks[n_blocks] = (s / 6.0 * A2_PER_PS_TO_CM2_PER_S).tolist()
+    return _BlockCheck(
+        dispersion=float(np.mean(ratios)) if ratios else 1.0,
+        dispersion_charge=float(np.mean(ratios_chg)) if ratios_chg else 1.0,
+        n_sets=len(ratios),
+        blocks=blocks,
+    )
+
+
+def _pymatgen_clamp(d_cm2_s: float) -> float:
+    """pymatgen clamps every fitted MSD slope to ≥ 1e-15 Å²/fs (D ≥ 1.7e-17 cm²/s)."""
+    return max(d_cm2_s, 1e-15 / 60.0)
+
+
+def _ratio_interval(
+    a: float, sa: float, b: float, sb: float, z: float = 1.0
+) -> tuple[float, float] | None:
+    """Fieller interval of a/b for independent normal a, b (None when b is not resolved at z)."""
+    # (a − r b)² = z² (sa² + r² sb²)  →  r² (b² − z² sb²) − 2ab r + a² − z² sa² = 0
+    qa = b * b - z * z * sb * sb
+    if qa <= 0:
+        return None
+    qb = -2.0 * a * b
+    qc = a * a - z * z * sa * sa
+    disc = qb * qb - 4.0 * qa * qc
+    if disc < 0:
+        return None
+    root = math.sqrt(disc)
+    return ((-qb - root) / (2.0 * qa), (-qb + root) / (2.0 * qa))
+
+
 def analyze_displacements(
     disp: Displacements,
     *,
@@ -283,77 +503,73 @@ def analyze_displacements(
     """Diffusion analysis of drift-corrected displacements (see module docstring)."""
     if temperature_k is None or not temperature_k > 0:
         raise UserInputError(f"temperature must be > 0 K, got {temperature_k}")
+    if not (min_hops >= 0 and math.isfinite(min_hops)):
+        raise UserInputError(f"min_hops must be a finite number ≥ 0, got {min_hops}")
     n, n_ions = disp.n_frames, disp.n_mobile
     dt_ps = disp.frame_interval_fs / 1000.0
+    label = source or "trajectory"
     if n < 4:
-        raise InsufficientDataError(f"{source or 'trajectory'}: {n} frame(s) — need at least 4")
+        raise InsufficientDataError(f"{label}: {n} frame(s) — need at least 4")
     if n_ions < 1:
-        raise UserInputError(f"{source or 'trajectory'}: no {species} atoms")
+        raise UserInputError(f"{label}: no {species} atoms")
     duration_ps = (n - 1) * dt_ps
     notes: list[str] = []
 
-    fit_weights = None
-    if fit == "pymatgen":
+    pymatgen = fit == "pymatgen"
+    if pymatgen:
         lags = pymatgen_lags(n, disp.frame_interval_fs, n_ions, min_obs)
         if fit_window_ps is not None:
             notes.append("fit_window_ps ignored in pymatgen mode")
-        fit_weights = 1.0 / (lags * disp.frame_interval_fs)  # pymatgen: weight 1/dt (dt in fs)
     else:
-        t0, t1 = fit_window_ps if fit_window_ps is not None else default_window_ps(duration_ps)
-        if not (0 <= t0 < t1):
-            raise UserInputError(f"fit window must satisfy 0 ≤ start < end, got ({t0}, {t1}) ps")
-        k0 = max(1, int(round(t0 / dt_ps)))
-        k1 = min(n - 1, int(round(t1 / dt_ps)))
-        if k1 - k0 < 2:
-            raise InsufficientDataError(
-                f"{source or 'trajectory'}: the fit window {t0:.3g}–{t1:.3g} ps holds fewer than "
-                f"3 lags at {disp.frame_interval_fs} fs per frame ({n} frames)"
-            )
-        lags = np.unique(np.linspace(k0, k1, min(200, k1 - k0 + 1)).round().astype(int))
+        window = fit_window_ps if fit_window_ps is not None else default_window_ps(duration_ps)
+        lags = _fit_lags(n, dt_ps, window, label, disp.frame_interval_fs)
     t = lags * dt_ps
-    msd = compute_msd(disp.mobile, lags, progress=progress)
-    w = _ols_weights(t, fit_weights)
-
+    sf = _slope_fit(disp.mobile, lags, dt_ps, pymatgen, progress)
+    msd = sf.msd
     msd_tot = msd.msd_a2
-    slope = float(w @ msd_tot[lags])  # Å²/ps
-    slope_axes = msd.msd_axes_a2[lags].T @ w  # (3,)
-    slope_chg = float(w @ msd.collective_a2[lags])
+    slope, slope_axes, slope_chg = sf.slope, sf.slope_axes, sf.slope_charge
 
-    # --- uncertainties -------------------------------------------------------------
-    per_ion_slopes = np.einsum("g,gia->ia", w, msd.per_ion_grid_a2)  # (ions, 3)
-    tfac = _student_factor(n_ions)
+    # --- statistical error, calibrated on the run's own block-to-block scatter ---------------
+    blocks = _block_check(disp.mobile, lags, dt_ps, pymatgen)
+    inflate = math.sqrt(max(1.0, blocks.dispersion))
+    inflate_chg = math.sqrt(max(1.0, blocks.dispersion_charge))
+    if blocks.n_sets == 0:
+        notes.append("run too short for the block check of the errors (< 4 blocks of 20 frames)")
+    elif inflate > 1.0:
+        notes.append(
+            f"block-to-block scatter is {inflate:.2f}× what the ion-resampling/Brownian errors "
+            "predict (correlated ions or changing dynamics): statistical errors scaled up by it"
+        )
+    se_stat = sf.se * inflate
+    se_axes = np.fmax(sf.se_ion_axes, sf.se_model_axes) * inflate
+    se_chg = sf.se_charge * inflate_chg
     if n_ions >= 2:
-        se_ion = float(per_ion_slopes.sum(axis=1).std(ddof=1) / math.sqrt(n_ions)) * tfac
-        se_ion_axes = per_ion_slopes.std(axis=0, ddof=1) / math.sqrt(n_ions) * tfac
+        error_method = (
+            "max(ion-resampling SE × Student-t, Brownian all-origin covariance model) × "
+            "max(1, block-scatter ratio) ⊕ window systematic"
+        )
     else:
-        se_ion, se_ion_axes = float("nan"), np.full(3, np.nan)
-    # Brownian model: coarse subset of lags with their own OLS weights
-    sub = lags[np.unique(np.linspace(0, len(lags) - 1, min(40, len(lags))).round().astype(int))]
-    w_sub = _ols_weights(sub * dt_ps, None if fit_weights is None else 1.0 / sub)
-    step_var_1d = 2.0 * max(slope, 0.0) / 6.0 * dt_ps  # 2·D·Δt per axis (Å²)
-    var_1d_unit = brownian_slope_variance(sub, w_sub, n, 1.0)  # scales as step_var²
-    se_model_ion = math.sqrt(3.0 * var_1d_unit) * step_var_1d / math.sqrt(n_ions)
-    # per axis: MSD_a slope s_a = 2·D_a, so the step variance is s_a·Δt
-    se_model_axes = np.sqrt(var_1d_unit) * np.maximum(slope_axes, 0.0) * dt_ps / math.sqrt(n_ions)
-    step_var_chg = 2.0 * max(slope_chg, 0.0) / 6.0 * dt_ps * n_ions  # collective walker
-    se_chg = math.sqrt(3.0 * var_1d_unit) * step_var_chg / n_ions
+        error_method = "Brownian all-origin covariance model (single ion) ⊕ window systematic"
 
-    se_slope = np.nanmax([se_ion, se_model_ion])
-    error_method = (
-        "max(ion-resampling SE × Student-t, Brownian all-origin covariance model)"
-        if n_ions >= 2
-        else "Brownian all-origin covariance model (single ion)"
-    )
-    se_axes = np.fmax(se_ion_axes, se_model_axes)
+    # --- linearity across the window: early vs late local slope ---------------------------------
+    se_diff = sf.se_diff * inflate
+    diff = sf.early - sf.late
+    window_z = diff / se_diff if se_diff > 0 else None
+    se_sys = 0.5 * math.sqrt(max(0.0, diff * diff - se_diff * se_diff))  # excess over noise
+    se_total = math.hypot(se_stat, se_sys)
+    to_d = A2_PER_PS_TO_CM2_PER_S / 6.0
+    local = [
+        LocalDiffusivity(window_ps=sf.t_early, diffusivity_cm2_s=sf.early * to_d,
+                         diffusivity_err_cm2_s=sf.se_early * inflate * to_d),
+        LocalDiffusivity(window_ps=sf.t_late, diffusivity_cm2_s=sf.late * to_d,
+                         diffusivity_err_cm2_s=sf.se_late * inflate * to_d),
+    ]  # fmt: skip
 
     # pymatgen-style OLS slope error, for comparison only
     y = msd_tot[lags]
     design = np.vstack([t, np.ones_like(t)]).T
-    if fit_weights is not None:
-        sw = np.sqrt(fit_weights)
-        coef, res, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
-    else:
-        coef, res, *_ = np.linalg.lstsq(design, y, rcond=None)
+    sw = np.sqrt(1.0 / (lags * disp.frame_interval_fs)) if pymatgen else np.ones_like(t)
+    _, res, *_ = np.linalg.lstsq(design * sw[:, None], y * sw, rcond=None)
     nl = len(t)
     ols_std = None
     if nl > 2 and res.size:
@@ -370,10 +586,17 @@ def analyze_displacements(
         if m_start > 0 and m_end > 0 and t[-1] > t[0]
         else None
     )
-    d_cm2_s = slope / 6.0 * A2_PER_PS_TO_CM2_PER_S
-    d_err = se_slope / 6.0 * A2_PER_PS_TO_CM2_PER_S
+    d_cm2_s = slope * to_d
+    d_err = se_total * to_d
     n_eff = max(n_ions * max(slope, 0.0) * duration_ps / hop_length_a**2, 0.0)  # N·6D·T/a²
     he_rel = 3.43 / math.sqrt(n_eff) + 0.04 if n_eff > 0 else None
+    e_lo, e_hi = local[0].diffusivity_cm2_s, local[1].diffusivity_cm2_s
+    bend = (
+        f"local D {e_lo:.3g} ({sf.t_early[0]:.3g}–{sf.t_early[1]:.3g} ps) vs {e_hi:.3g} "
+        f"({sf.t_late[0]:.3g}–{sf.t_late[1]:.3g} ps) cm²/s, z = {window_z:.1f}"
+        if window_z is not None
+        else "local slopes not testable"
+    )
     if alpha is not None and alpha < CAGED_MAX_EXPONENT:
         regime, reason = (
             "caged",
@@ -390,6 +613,16 @@ def analyze_displacements(
                 "run longer or hotter"
             ),
         )
+    elif window_z is not None and abs(window_z) >= LINEARITY_Z:
+        trend = "falls" if window_z > 0 else "rises"
+        regime, reason = (
+            "subdiffusive",
+            (
+                f"MSD not linear over the fit window — its slope {trend}: {bend} "
+                f"(|z| ≥ {LINEARITY_Z:g}); ions move but the long-time diffusive regime is not "
+                "reached: D depends on the window — run longer or hotter"
+            ),
+        )
     elif not (d_cm2_s > 2.0 * d_err):
         regime, reason = (
             "insufficient",
@@ -398,10 +631,13 @@ def analyze_displacements(
     else:
         regime, reason = (
             "diffusive",
-            (f"MSD linear (log-log slope {alpha:.2f}), {n_eff:.0f} hop equivalents"),
+            (f"MSD linear within noise ({bend}), {n_eff:.0f} hop equivalents"),
         )
-        if alpha is not None and alpha < 0.75:
-            notes.append(f"MSD log-log slope {alpha:.2f} in the fit window: sub-diffusive onset?")
+        if se_sys > 0:
+            notes.append(
+                f"the fit window matters: early/late local D differ by more than their noise "
+                f"({bend}); ±{se_sys * to_d:.2g} cm²/s window systematic added to the error"
+            )
     if disp.max_reference_rms_a > 1.5:
         notes.append(
             f"reference atoms moved {disp.max_reference_rms_a:.2f} Å RMS: framework melting or "
@@ -410,7 +646,7 @@ def analyze_displacements(
 
     if ion_charge is None:
         ion_charge = default_ion_charge(species)
-    volume = disp.first_volume_a3 if fit == "pymatgen" else disp.mean_volume_a3
+    volume = disp.first_volume_a3 if pymatgen else disp.mean_volume_a3
     conv = conductivity_factor_ms_cm(n_ions, volume, ion_charge, temperature_k)
     n_cm3 = n_ions / (volume * 1e-24)
 
@@ -422,18 +658,40 @@ def analyze_displacements(
         mscd_a2=msd.collective_a2[thin].tolist(),
     )
     ok = regime == "diffusive"
-    if fit == "pymatgen" and not ok:
+    if pymatgen and not ok:
         # compatibility mode reports what pymatgen would, whatever the regime
         notes.append(f"pymatgen mode reports D although the regime is {regime}: {reason}")
         ok = True
-    d_chg = slope_chg / 6.0 * A2_PER_PS_TO_CM2_PER_S
-    d_chg_err = se_chg / 6.0 * A2_PER_PS_TO_CM2_PER_S
-    haven = haven_err = None
-    if ok and d_chg > 0:
-        haven = d_cm2_s / d_chg
-        haven_err = haven * math.hypot(d_err / d_cm2_s, d_chg_err / d_chg)
     comps = (slope_axes / 2.0 * A2_PER_PS_TO_CM2_PER_S).tolist()
     comps_err = (se_axes / 2.0 * A2_PER_PS_TO_CM2_PER_S).tolist()
+
+    # --- charge (collective) transport ------------------------------------------------------
+    d_chg = slope_chg * to_d
+    d_chg_err = se_chg * to_d
+    chg_resolved = d_chg > 2.0 * d_chg_err
+    d_chg_upper = None
+    if not ok:
+        chg_reason = f"not reported: the tracer run is {regime}"
+    elif chg_resolved:
+        chg_reason = f"resolved: D_σ = {d_chg:.3g} ± {d_chg_err:.2g} cm²/s (> 2σ from zero)"
+    else:
+        d_chg_upper = max(d_chg, 0.0) + 1.6448536 * d_chg_err
+        chg_reason = (
+            f"not resolved from zero: D_σ = {d_chg:.3g} ± {d_chg_err:.2g} cm²/s (< 2σ); "
+            f"95 % upper bound {d_chg_upper:.2g} cm²/s — the collective MSD is one time "
+            "series: run longer for a charge diffusivity"
+        )
+    chg_report = ok and (chg_resolved or pymatgen)
+    if pymatgen:
+        d_cm2_s = _pymatgen_clamp(d_cm2_s)
+        d_chg = _pymatgen_clamp(d_chg)
+        comps = [3.0 * _pymatgen_clamp(c / 3.0) for c in comps]
+    haven = haven_iv = None
+    if ok and chg_resolved and d_chg > 0:
+        haven = d_cm2_s / d_chg
+        haven_iv = _ratio_interval(d_cm2_s, d_err, d_chg, d_chg_err)
+    elif pymatgen and ok:
+        haven = d_cm2_s / d_chg  # pymatgen reports the ratio whatever its precision
     return DiffusionAnalysis(
         species=species,
         temperature_k=float(temperature_k),
@@ -450,16 +708,24 @@ def analyze_displacements(
         msd_exponent=alpha,
         diffusivity_cm2_s=d_cm2_s if ok else None,
         diffusivity_err_cm2_s=d_err if ok else None,
+        diffusivity_stat_err_cm2_s=se_stat * to_d if ok else None,
+        diffusivity_sys_err_cm2_s=se_sys * to_d if ok else None,
+        local_diffusivities=local,
+        window_z=window_z,
+        block_dispersion=blocks.dispersion if blocks.n_sets else None,
         diffusivity_components_cm2_s=comps if ok else None,
         diffusivity_components_err_cm2_s=comps_err if ok else None,
-        charge_diffusivity_cm2_s=d_chg if ok else None,
+        charge_diffusivity_cm2_s=d_chg if chg_report else None,
         charge_diffusivity_err_cm2_s=d_chg_err if ok else None,
+        charge_diffusivity_estimate_cm2_s=slope_chg * to_d if ok else None,
+        charge_diffusivity_upper_cm2_s=d_chg_upper,
+        charge_diffusivity_reason=chg_reason,
         haven_ratio=haven,
-        haven_ratio_interval=(haven - haven_err, haven + haven_err) if haven else None,
+        haven_ratio_interval=haven_iv,
         conductivity_ms_cm=d_cm2_s * conv if ok else None,
         conductivity_err_ms_cm=d_err * conv if ok else None,
-        charge_conductivity_ms_cm=d_chg * conv if ok else None,
-        charge_conductivity_err_ms_cm=d_chg_err * conv if ok else None,
+        charge_conductivity_ms_cm=d_chg * conv if chg_report else None,
+        charge_conductivity_err_ms_cm=d_chg_err * conv if chg_report else None,
         n_eff_hops=n_eff,
         diffusivity_rel_err_he2018=he_rel,
         hop_length_a=hop_length_a,
