@@ -31,8 +31,17 @@ def _register() -> None:
     from ionflow.cli import analysis_cmds, run_cmds  # noqa: F401
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as ``warning: text`` (no source file, line number or Python source line)."""
+    text = " ".join(str(message).split())
+    print(f"warning: {text}", file=file or sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors become one line on stderr and exit 2."""
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     _register()
     try:
         rc = app(args=argv, standalone_mode=False)  # returns typer.Exit codes in this mode
