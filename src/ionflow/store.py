@@ -96,7 +96,7 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, quote_plus, urlencode
+from urllib.parse import quote_plus
 
 import psutil
 import yaml
@@ -107,6 +107,8 @@ from jobflow.managers.fireworks import JobFiretask
 from pydantic import BaseModel, ConfigDict, Field
 
 from ionflow.errors import UserInputError
+from ionflow.uris import check_mongo_uri, redact_uri
+from ionflow.uris import uri_secrets as _uri_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -138,7 +140,6 @@ BLOBS_COLLECTION = "outputs_blobs"
 
 _SERVER_EXECUTABLE = "secantusd-py"
 _LOCAL_HOST = "127.0.0.1"
-_SECRET_QUERY_KEYS = ("password", "secret", "token", "authmechanismproperties")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -180,58 +181,6 @@ class DatabaseSettings(BaseModel):
         if self.uri is not None:
             out["uri"] = redact_uri(self.uri)
         return out
-
-
-def redact_uri(uri: str) -> str:
-    """Return ``uri`` with the password and secret-looking query values masked as ``***``.
-
-    Parameters
-    ----------
-    uri
-        A ``mongodb://`` / ``mongodb+srv://`` connection string.
-
-    Returns
-    -------
-    str
-        A printable form; ``"<unparsable MongoDB URI>"`` if it cannot be parsed.
-    """
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        return "<unparsable MongoDB URI>"
-    query = ""
-    if "?" in rest:
-        rest, query = rest.split("?", 1)
-    netloc, slash, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if at:
-        user, colon, _password = userinfo.partition(":")
-        netloc = f"{user}:***@{hosts}" if colon else f"{user}@{hosts}"
-    out = f"{scheme}://{netloc}{slash}{path}"
-    if query:
-        pairs = [
-            (k, "***" if any(s in k.lower() for s in _SECRET_QUERY_KEYS) else v)
-            for k, v in parse_qsl(query, keep_blank_values=True)
-        ]
-        out += "?" + urlencode(pairs, safe="*:/,")
-    return out
-
-
-def _uri_secrets(uri: str) -> list[str]:
-    """Secret substrings of ``uri`` (password, secret query values), to scrub from messages."""
-    from urllib.parse import unquote
-
-    secrets: list[str] = []
-    _, _, rest = uri.partition("://")
-    query = rest.split("?", 1)[1] if "?" in rest else ""
-    netloc = rest.split("?", 1)[0].partition("/")[0]
-    userinfo, at, _ = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        raw = userinfo.partition(":")[2]
-        secrets += [raw, unquote(raw)]
-    for k, v in parse_qsl(query, keep_blank_values=True):
-        if v and any(s in k.lower() for s in _SECRET_QUERY_KEYS):
-            secrets.append(v)
-    return [s for s in secrets if s]
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:
@@ -961,12 +910,7 @@ def resolve_database(settings: DatabaseSettings, *, check: bool = True) -> Resol
         lp_file_config = loaded
 
     if settings.uri is not None:
-        if not settings.uri.startswith(("mongodb://", "mongodb+srv://")):
-            raise UserInputError(
-                "database uri: expected a MongoDB connection string starting with "
-                "'mongodb://' or 'mongodb+srv://'"
-            )
-        uri = settings.uri
+        uri = check_mongo_uri(settings.uri, "database uri")
         kwargs: dict[str, Any] = {}
         where = redact_uri(uri)
         if lp_file_config is None:
