@@ -20,28 +20,68 @@ ordinary least-squares fit of MSD(t) = 6·D·t + c on up to 200 evenly spaced la
 Honest uncertainty
 ------------------
 MSD points at different lags are strongly correlated (they share time origins),
-so the OLS slope error that pymatgen reports is not an error bar. ionflow reports
-the larger of two independent estimates:
+so the OLS slope error that pymatgen reports is not an error bar. The reported
+``diffusivity_err_cm2_s`` is ``statistical ⊕ systematic`` (both parts are reported):
 
-* **ion resampling**: the same linear estimator applied to every ion's own MSD
-  curve gives one slope per ion; the ion average *is* the estimate, and the
-  standard error over ions (× a Student-t factor for few ions) captures time
-  correlation, rattling and hopping noise without a model;
-* **Brownian covariance model** (kinisi's idea): the exact covariance of an
-  all-origin MSD for Brownian motion with the fitted D, propagated through the
-  same estimator (:func:`ionflow.analysis.msd.brownian_slope_variance`).
+* **statistical** = max(ion resampling, Brownian model) × max(1, √block ratio):
 
-The charge (collective) diffusivity has a single time series, so only the model
-applies. He et al. (2018)'s empirical relative error 3.43/√N_eff + 0.04 is reported
-alongside (``diffusivity_rel_err_he2018``) with N_eff = N_ions·6·D·T/a², the
-number of hops of length ``a`` the run contains.
+  - *ion resampling*: the same linear estimator applied to every ion's own MSD curve
+    gives one slope per ion; the ion average *is* the estimate, and the standard error
+    over ions (× a Student-t factor for few ions) captures time correlation, rattling and
+    hopping noise without a model;
+  - *Brownian covariance model* (kinisi's idea): the exact covariance of an all-origin
+    MSD for Brownian motion with the fitted D, propagated through the same estimator
+    (:func:`ionflow.analysis.msd.brownian_slope_variance`);
+  - *block check*: both assume independent ions and stationary dynamics. Real AIMD
+    breaks both (Li in one cage move together; cages open and close). The run is cut
+    into 4, 6 and 8 consecutive blocks, the same estimator (window scaled to the block)
+    is applied to each, and the block-to-block variance is compared with the variance
+    the errors above predict for the blocks (pooled over the three cuttings:
+    ``block_dispersion``). A ratio above 1 scales the statistical error up by its square
+    root; it never scales it down. A common window bias cancels in this comparison
+    (every block has the same window), so it measures noise only.
+
+* **systematic (window dependence)**: the window is split into an early and a late
+  half and the slope fitted on each (``local_diffusivities``); their difference Δ has
+  an error σ_Δ from the same three sources (ions paired, so the strong correlation of
+  the two halves is kept). ``window_z = Δ/σ_Δ``. The part of Δ beyond its noise,
+  ½·√max(0, Δ² − σ_Δ²), is the window systematic — zero on average for a truly linear
+  MSD, the half-spread of the local D when the window matters.
+
+The charge (collective) diffusivity has a single time series, so the Brownian model
+applies — with the step variance of the larger of the collective and the tracer slope,
+so that a collective slope ≤ 0 still has an honest non-zero error — scaled by the block
+check of the collective slope. He et al. (2018)'s empirical relative error
+3.43/√N_eff + 0.04 is reported alongside (``diffusivity_rel_err_he2018``) with
+N_eff = N_ions·6·D·T/a², the number of hops of length ``a`` the run contains.
+
+Calibration (tests/test_analysis.py, synthetic trajectories with a known D):
+±1σ covers the truth ~0.7–0.75 of runs and ±2σ ~0.95, mean σ ≈ 1.1–1.3× the real spread.
 
 Regime
 ------
-``caged``: the MSD stops growing in the window (log–log slope α < 0.1) — ions
-rattle or move inside cages; ``insufficient``: fewer than ``min_hops`` hop
-equivalents (N_eff) or D not resolved from zero (D < 2σ); ``diffusive``
-otherwise. Only ``diffusive`` runs report D and σ.
+In this order:
+
+* ``caged``: the MSD stops growing in the window (log–log slope α < 0.1) — ions rattle
+  or move inside cages;
+* ``insufficient``: fewer than ``min_hops`` hop equivalents (N_eff);
+* ``subdiffusive``: the MSD is not linear over the window within what the noise
+  allows, ``|window_z| ≥ 3`` (≈ 0.3 % of linear runs): ions move but the long-time
+  diffusive regime is not reached (cage-limited motion, a slope still falling — or
+  rising — across the window). D depends on the window: run longer or hotter. The local
+  slopes and z are kept as evidence;
+* ``insufficient``: D not resolved from zero (D < 2σ, total error);
+* ``diffusive`` otherwise.
+
+Only ``diffusive`` runs report D and σ (``fit="pymatgen"`` reports them whatever the
+regime, as pymatgen does, with its clamp of slopes to ≥ 1e-15 Å²/fs).
+
+Charge transport: D_σ (``charge_diffusivity_cm2_s``) is reported only when it is more
+than 2σ from zero; otherwise it is null with a reason and a 95 % upper bound, and the
+estimate and its error stay in the JSON. The Haven ratio H_R = D*/D_σ is given only when
+both are resolved, with a 68 % Fieller interval (a ratio of two uncertain numbers is not
+symmetric). ``conductivity_ms_cm`` is the *tracer-based* σ (Nernst–Einstein from D*,
+H_R = 1 assumed); ``charge_conductivity_ms_cm`` is σ from D_σ.
 """
 
 from __future__ import annotations
