@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -180,9 +182,206 @@ def analyze_cmd(
         con.print(f"[yellow]warning:[/] {w}")
 
 
+def _read_analysis(p: Path):
+    """One `ionflow analyze --json` file; any unreadable file is a one-line error."""
+    from pydantic import ValidationError
+
+    from ionflow.analysis import DiffusionAnalysis
+
+    what = "expected an `ionflow analyze --json` output"
+    if not p.exists():
+        raise UserInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise UserInputError(f"{p}: is a directory, {what}")
+    try:
+        text = p.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise UserInputError(f"{p}: cannot read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise UserInputError(f"{p}: binary file, {what}") from None
+    try:
+        return DiffusionAnalysis.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first["loc"])
+        msg = " ".join(str(first["msg"]).split())
+        raise UserInputError(
+            f"{p}: not an `ionflow analyze --json` output ({f'{loc}: ' if loc else ''}{msg})"
+        ) from None
+
+
+def _table_density(
+    structure: Path | None, species: str, number_density_cm3: float | None
+) -> tuple[float | None, str | None, str | None]:
+    """(n in cm⁻³, density_source, one-line description) for a --table fit."""
+    if number_density_cm3 is not None:
+        if not (math.isfinite(number_density_cm3) and number_density_cm3 > 0):
+            raise UserInputError(f"--number-density-cm3 must be > 0, got {number_density_cm3:g}")
+        return number_density_cm3, "--number-density-cm3", "given with --number-density-cm3"
+    if structure is None:
+        return None, None, None
+    if not structure.exists():
+        raise UserInputError(f"{structure}: no such file")
+    if structure.is_dir():
+        raise UserInputError(f"{structure}: is a directory, expected a structure file")
+    from pymatgen.core import Element, Structure
+
+    try:
+        el = Element(species)
+    except ValueError:
+        raise UserInputError(f"--species {species!r} is not a chemical element") from None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            struct = Structure.from_file(str(structure))
+        for w in caught:
+            first = str(w.message).strip().splitlines()[0] if str(w.message).strip() else ""
+            if first:
+                print(f"warning: {structure}: {first}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 (pymatgen raises anything on a bad file)
+        detail = " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise UserInputError(
+            f"{structure}: cannot read a structure (POSCAR, CIF, ...): {detail}"
+        ) from None
+    amount = float(struct.composition.element_composition[el])
+    if not amount > 0:
+        found = ", ".join(str(e) for e in struct.composition.element_composition.elements)
+        raise UserInputError(f"{structure}: no {species} in the structure (elements: {found})")
+    n_cm3 = amount / (struct.volume * 1e-24)
+    desc = f"{amount:g} {species} in {struct.volume:.5g} Å³ of {structure}"
+    return n_cm3, "structure", desc
+
+
+def _arrhenius_table(
+    table_path: Path,
+    *,
+    structure: Path | None,
+    species: str,
+    number_density_cm3: float | None,
+    ion_charge: float | None,
+    at_temperature_k: float,
+    unweighted: bool,
+):
+    """Fit a D(T) table: (fit, the `table` block of --json)."""
+    from ionflow.analysis import conductivity_factor_ms_cm, fit_arrhenius
+    from ionflow.analysis.diffusion import default_ion_charge
+    from ionflow.analysis.tables import (
+        DIFFUSIVITY,
+        ERROR,
+        TEMPERATURE,
+        quoted,
+        read_diffusivity_table,
+    )
+
+    if structure is not None and number_density_cm3 is not None:
+        raise UserInputError("give --structure or --number-density-cm3, not both")
+    if ion_charge is not None and not (math.isfinite(ion_charge) and ion_charge != 0):
+        raise UserInputError(f"--ion-charge must be a non-zero number, got {ion_charge:g}")
+    tab = read_diffusivity_table(table_path)
+    if tab.errors_cm2_s is not None and not unweighted:
+        for line, err in zip(tab.line_numbers, tab.errors_cm2_s, strict=True):
+            if err == 0:
+                raise UserInputError(
+                    f"{table_path} line {line}, column {quoted(tab.columns_used[ERROR])}: error 0 "
+                    "cannot weight a fit; give every row an error > 0, or pass --unweighted"
+                )
+    n_cm3, source, desc = _table_density(structure, species, number_density_cm3)
+    charge = abs(ion_charge) if ion_charge is not None else None
+    factor = None
+    notes = []
+    if n_cm3 is not None:
+        if charge is None:
+            charge = default_ion_charge(species)
+        # σ·T/D from the one Nernst–Einstein function (n = n_ions / V with V = 1 Å³)
+        factor = (
+            conductivity_factor_ms_cm(n_cm3 * 1e-24, 1.0, charge, at_temperature_k)
+            * at_temperature_k
+        )
+    else:
+        notes.append(
+            "no mobile-ion density: σ not computed (give --structure FILE --species X, or "
+            "--number-density-cm3 N)"
+        )
+    for name, quantity in (
+        ("temperature_k", TEMPERATURE),
+        ("diffusivity_cm2_s", DIFFUSIVITY),
+        ("diffusivity_err_cm2_s", ERROR),
+    ):
+        used = tab.columns_used.get(quantity)
+        print(
+            f"table: {name} <- {quoted(used)}" if used else f"table: {name} <- (no column)",
+            file=sys.stderr,
+        )
+    if tab.ignored_columns:
+        print(
+            f"table: ignored columns {', '.join(quoted(c) for c in tab.ignored_columns)}",
+            file=sys.stderr,
+        )
+    if desc is not None:
+        print(
+            f"table: n({species}) = {n_cm3:.4g} cm⁻³ ({desc}), ion charge {charge:g}",
+            file=sys.stderr,
+        )
+    weighted = not unweighted
+    pre_warnings = []
+    if tab.errors_cm2_s is None:
+        weighted = False
+        pre_warnings.append(
+            "no error column: unweighted fit, errors from the scatter"
+            if len(set(tab.temperatures_k)) > 2
+            else "no error column and only 2 temperatures: unweighted fit, no error bars"
+        )
+    fit = fit_arrhenius(
+        tab.temperatures_k,
+        tab.diffusivities_cm2_s,
+        tab.errors_cm2_s,
+        at_temperature_k=at_temperature_k,
+        sigma_factor_ms_cm_k=factor,
+        weighted=weighted,
+        labels=[
+            f"line {i} ({t:g} K)" for i, t in zip(tab.line_numbers, tab.temperatures_k, strict=True)
+        ],
+    )
+    fit.warnings[:0] = pre_warnings
+    block = {
+        "path": tab.path,
+        "n_rows": len(tab.temperatures_k),
+        "columns_used": tab.columns_used,
+        "ignored_columns": tab.ignored_columns,
+        "number_density_cm3": n_cm3,
+        "density_source": source,
+        "structure": str(structure) if source == "structure" else None,
+        "species": species,
+        "ion_charge": charge,
+        "notes": notes,
+    }
+    return fit, block
+
+
 @app.command("arrhenius")
 def arrhenius_cmd(
-    analyses: Annotated[list[Path], typer.Argument(help="`ionflow analyze --json` outputs")],
+    analyses: Annotated[
+        list[Path] | None, typer.Argument(help="`ionflow analyze --json` outputs")
+    ] = None,
+    table: Annotated[
+        Path | None,
+        typer.Option(help="A D(T) table instead (CSV/TSV: T in K, D in cm²/s, optional D error)"),
+    ] = None,
+    structure: Annotated[
+        Path | None,
+        typer.Option(help="With --table: structure (POSCAR, CIF) giving the ion density for σ"),
+    ] = None,
+    species: Annotated[
+        str, typer.Option(help="With --table: mobile species (ion density and charge)")
+    ] = "Li",
+    number_density_cm3: Annotated[
+        float | None,
+        typer.Option("--number-density-cm3", help="With --table: mobile-ion density, cm⁻³"),
+    ] = None,
+    ion_charge: Annotated[
+        float | None,
+        typer.Option(help="With --table: mobile-ion charge, e (default from --species)"),
+    ] = None,
     at_temperature_k: Annotated[
         float, typer.Option(help="Extrapolate D and σ to this T, K")
     ] = 300.0,
@@ -190,37 +389,61 @@ def arrhenius_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write the Arrhenius plot")] = None,
 ) -> None:
-    """Activation energy and σ at any temperature, with intervals, from several analyses."""
-    from pydantic import ValidationError
+    """Activation energy and σ at any temperature, with intervals, from several analyses
+    or from a table of D(T)."""
+    from ionflow.analysis import fit_arrhenius_from_analyses
 
-    from ionflow.analysis import DiffusionAnalysis, fit_arrhenius_from_analyses
-
-    docs = []
-    for p in analyses:
-        if not p.exists():
-            raise UserInputError(f"{p}: no such file")
-        try:
-            docs.append(DiffusionAnalysis.model_validate_json(p.read_text()))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
+    if analyses and table is not None:
+        raise UserInputError("give either `ionflow analyze --json` files or --table FILE, not both")
+    if not analyses and table is None:
+        raise UserInputError(
+            "nothing to fit: give `ionflow analyze --json` files, or --table FILE (T, D[, D_err])"
+        )
+    if not (math.isfinite(at_temperature_k) and at_temperature_k > 0):
+        raise UserInputError(f"--at-temperature-k must be > 0, got {at_temperature_k:g}")
+    table_block = None
+    if table is not None:
+        fit, table_block = _arrhenius_table(
+            table,
+            structure=structure,
+            species=species,
+            number_density_cm3=number_density_cm3,
+            ion_charge=ion_charge,
+            at_temperature_k=at_temperature_k,
+            unweighted=unweighted,
+        )
+    else:
+        for flag, val in (
+            ("--structure", structure),
+            ("--number-density-cm3", number_density_cm3),
+            ("--ion-charge", ion_charge),
+        ):
+            if val is not None:
+                raise UserInputError(
+                    f"{flag} goes with --table; analyses carry their own density and charge"
+                )
+        docs = [_read_analysis(p) for p in analyses]
+        species_set = {d.species for d in docs}
+        if len(species_set) > 1:
             raise UserInputError(
-                f"{p}: not an `ionflow analyze --json` output ({loc}: {first['msg']})"
-            ) from None
-    species = {d.species for d in docs}
-    if len(species) > 1:
-        raise UserInputError(f"analyses of different species cannot be combined: {sorted(species)}")
-    fit = fit_arrhenius_from_analyses(
-        docs, at_temperature_k=at_temperature_k, weighted=not unweighted
-    )
+                f"analyses of different species cannot be combined: {sorted(species_set)}"
+            )
+        fit = fit_arrhenius_from_analyses(
+            docs, at_temperature_k=at_temperature_k, weighted=not unweighted
+        )
     for w in fit.warnings:
-        print(f"warning: {w}", file=sys.stderr)
+        print(f"warning: {' '.join(w.split())}", file=sys.stderr)
+    for note in (table_block or {}).get("notes", []):
+        print(f"note: {note}", file=sys.stderr)
     if plot is not None:
         from ionflow.analysis.plots import plot_arrhenius
 
         plot_arrhenius(fit, plot)
     if as_json:
-        typer.echo(json.dumps(fit.model_dump(mode="json"), indent=1))
+        out = fit.model_dump(mode="json")
+        if table_block is not None:
+            out["table"] = table_block
+        typer.echo(json.dumps(out, indent=1))
         return
     iv = fit.sigma_at_t_interval_ms_cm
     iv95 = fit.sigma_at_t_interval95_ms_cm
@@ -236,6 +459,12 @@ def arrhenius_cmd(
                 if iv
                 else ""
             )
+        )
+    elif table_block is not None:
+        dv = fit.d_at_t_interval_cm2_s
+        typer.echo(
+            f"D({at_temperature_k:g} K) = {fit.d_at_t_cm2_s:.3g} cm²/s"
+            + (f"  68 %: [{dv[0]:.3g}, {dv[1]:.3g}]" if dv else "")
         )
     for e in fit.excluded:
         typer.echo(f"excluded: {e}")
