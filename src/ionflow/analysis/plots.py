@@ -43,15 +43,33 @@ def plot_msd(analysis: DiffusionAnalysis, path: str | Path | None = None, ax=Non
     ax.plot(t, c.mscd_a2, color="tab:purple", lw=1, ls="--", label="MSCD (Σ disp.)²/N")
     t0, t1 = analysis.fit_window_ps
     ax.axvspan(t0, t1, color="0.85", zorder=0, label="fit window")
+    msd_total = np.array(c.msd_a2)
+
+    def line(d_cm2_s: float, a: float, b: float, **style) -> None:
+        slope = d_cm2_s * 6e4  # Å²/ps
+        sel = (t >= a) & (t <= b)
+        intercept = float(np.mean(msd_total[sel] - slope * t[sel])) if sel.any() else 0.0
+        ax.plot([a, b], [intercept + slope * a, intercept + slope * b], **style)
+
+    for k, loc in enumerate(analysis.local_diffusivities):
+        line(
+            loc.diffusivity_cm2_s,
+            *loc.window_ps,
+            color="tab:cyan",
+            lw=1.5,
+            ls=":",
+            label="local slopes (early / late half)" if k == 0 else None,
+        )
     if analysis.diffusivity_cm2_s is not None:
-        slope = analysis.diffusivity_cm2_s * 6e4  # Å²/ps
-        sel = (t >= t0) & (t <= t1)
-        y = np.array(c.msd_a2)[sel]
-        intercept = float(np.mean(y - slope * t[sel])) if sel.any() else 0.0
-        tt = np.array([t0, t1])
-        ax.plot(tt, intercept + slope * tt, color="orange", lw=2, label="fit")
+        line(analysis.diffusivity_cm2_s, t0, t1, color="orange", lw=2, label="fit")
         err = analysis.diffusivity_err_cm2_s or 0.0
         title = f"D* = {analysis.diffusivity_cm2_s:.3g} ± {err:.2g} cm²/s"
+    elif analysis.regime == "subdiffusive" and len(analysis.local_diffusivities) == 2:
+        early, late = analysis.local_diffusivities
+        title = (
+            f"subdiffusive: local D {early.diffusivity_cm2_s:.2g} → "
+            f"{late.diffusivity_cm2_s:.2g} cm²/s (no D reported)"
+        )
     else:
         title = f"regime: {analysis.regime} (no D reported)"
     ax.set_title(f"{analysis.temperature_k:g} K — {title}", fontsize=10)
