@@ -96,6 +96,10 @@ def analyze_cmd(
     hop_length_a: Annotated[
         float, typer.Option(help="Hop length a for N_eff (He et al.), Å")
     ] = 3.0,
+    min_hops: Annotated[
+        float,
+        typer.Option(help="Fewest hop equivalents N_eff for a D (0 = always try the fit)"),
+    ] = 20.0,
     structure: Annotated[
         Path | None, typer.Option(help="Structure for a bare .npy of coordinates")
     ] = None,
@@ -115,6 +119,8 @@ def analyze_cmd(
         raise UserInputError(f"--step-skip must be ≥ 1, got {step_skip}")
     if skip_frames < 0:
         raise UserInputError(f"--skip-frames must be ≥ 0, got {skip_frames}")
+    if not (min_hops >= 0 and math.isfinite(min_hops)):
+        raise UserInputError(f"--min-hops must be a finite number ≥ 0, got {min_hops}")
     if fit not in ("ionflow", "pymatgen"):
         raise UserInputError(f"--fit must be ionflow or pymatgen, got {fit!r}")
     for p in traj:
@@ -132,6 +138,7 @@ def analyze_cmd(
             fit_window_ps=_parse_window(window),
             ion_charge=ion_charge,
             hop_length_a=hop_length_a,
+            min_hops=min_hops,
             skip_frames=skip_frames,
             structure=structure,
             format=fmt,
@@ -158,15 +165,58 @@ def analyze_cmd(
             f"{res.fit_window_ps[0]:.3g}–{res.fit_window_ps[1]:.3g} ps ({res.fit_mode})",
         ),
         ("D* (cm²/s)", f"{_fmt(res.diffusivity_cm2_s)} ± {_fmt(res.diffusivity_err_cm2_s, '.2g')}"),
+    ]
+    if res.diffusivity_stat_err_cm2_s is not None:
+        rows.append(
+            (
+                "  error parts",
+                f"statistical {_fmt(res.diffusivity_stat_err_cm2_s, '.2g')}, window systematic "
+                f"{_fmt(res.diffusivity_sys_err_cm2_s, '.2g')}",
+            )
+        )
+    rows.append(
+        (
+            "local D* (cm²/s)",
+            "; ".join(
+                f"{x.window_ps[0]:.3g}–{x.window_ps[1]:.3g} ps: {x.diffusivity_cm2_s:.3g} ± "
+                f"{x.diffusivity_err_cm2_s:.2g}"
+                for x in res.local_diffusivities
+            )
+            + (f" (z = {res.window_z:.1f})" if res.window_z is not None else ""),
+        )
+    )
+    if res.charge_diffusivity_cm2_s is not None:
+        charge = (
+            f"{_fmt(res.charge_diffusivity_cm2_s)} ± {_fmt(res.charge_diffusivity_err_cm2_s, '.2g')}"
+        )
+    elif res.charge_diffusivity_upper_cm2_s is not None:
+        charge = (
+            f"not resolved: {_fmt(res.charge_diffusivity_estimate_cm2_s)} ± "
+            f"{_fmt(res.charge_diffusivity_err_cm2_s, '.2g')}, 95 % upper bound "
+            f"{_fmt(res.charge_diffusivity_upper_cm2_s, '.2g')}"
+        )
+    else:
+        charge = "—"
+    iv = res.haven_ratio_interval
+    rows += [
         ("D x,y,z (cm²/s)", ", ".join(_fmt(x) for x in res.diffusivity_components_cm2_s or [None])),
+        ("D_σ charge (cm²/s)", charge),
         (
-            "D_σ (cm²/s)",
-            f"{_fmt(res.charge_diffusivity_cm2_s)} ± {_fmt(res.charge_diffusivity_err_cm2_s, '.2g')}",
+            "Haven ratio",
+            _fmt(res.haven_ratio) + (f" (68 %: {iv[0]:.3g}–{iv[1]:.3g})" if iv else ""),
         ),
-        ("Haven ratio", f"{_fmt(res.haven_ratio)} ± {_fmt(res.haven_ratio_err, '.2g')}"),
         (
-            "σ (mS/cm)",
+            "σ tracer-based (mS/cm)",
             f"{_fmt(res.conductivity_ms_cm)} ± {_fmt(res.conductivity_err_ms_cm, '.2g')}",
+        ),
+        (
+            "σ from D_σ (mS/cm)",
+            _fmt(res.charge_conductivity_ms_cm)
+            + (
+                f" ± {_fmt(res.charge_conductivity_err_ms_cm, '.2g')}"
+                if res.charge_conductivity_ms_cm is not None
+                else ""
+            ),
         ),
         (
             "N_eff hops / He 2018 rel. err",
@@ -176,10 +226,9 @@ def analyze_cmd(
     ]
     for k, v in rows:
         tab.add_row(k, v)
-    con = Console()
-    con.print(tab)
+    Console().print(tab)
     for w in res.warnings:
-        con.print(f"[yellow]warning:[/] {w}")
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def _read_analysis(p: Path):
