@@ -385,16 +385,20 @@ def test_yaml_boolean_gotcha_is_explained(camp):
             "must be > 0 and ≤ 5 fs, got 0.0",
         ),
         ("{temperatures_k: [600], time_step_fs: -1}", "md.time_step_fs", "must be > 0 and ≤ 5 fs"),
-        ("{temperatures_k: [600], production_ps: 0}", "md.production_ps", "must be > 0 ps, got 0"),
+        (
+            "{temperatures_k: [600], production_ps: 0}",
+            "md.production_ps",
+            "must be > 0 and ≤ 100000 ps, got 0",
+        ),
         (
             "{temperatures_k: [600], equilibration_ps: -1}",
             "md.equilibration_ps",
-            "must be ≥ 0 ps, got -1",
+            "must be ≥ 0 and ≤ 100000 ps, got -1",
         ),
         (
             "{temperatures_k: [600], supercell_min_length_a: 0}",
             "md.supercell_min_length_a",
-            "must be > 0 Å, got 0",
+            "must be > 0 and ≤ 100 Å, got 0",
         ),
         (
             "{temperatures_k: [600], frame_interval_fs: 15}",
@@ -426,7 +430,11 @@ def test_yaml_boolean_gotcha_is_explained(camp):
             "md.thermostat",
             "unknown thermostat 'nose_hover'; did you mean 'nose-hoover'?",
         ),
-        ("{temperatures_k: [600], segment_steps: 0}", "md.segment_steps", "must be > 0, got 0"),
+        (
+            "{temperatures_k: [600], segment_steps: 0}",
+            "md.segment_steps",
+            "must be > 0 and ≤ 1000000000, got 0",
+        ),
         (
             "{temperatures_k: [600], pinned_control: atuo}",
             "md.pinned_control",
@@ -511,7 +519,9 @@ def test_execution_rules(camp):
     lines = _problems(camp(_minimal(extra="execution: {mode: firework}\n")))
     _has(lines, "execution.mode: unknown execution mode 'firework'; did you mean 'fireworks'?")
     lines = _problems(
-        camp(_minimal(extra="execution: {mode: fireworks, db_uri: a, db_uri_env: B}\n"))
+        camp(
+            _minimal(extra="execution: {mode: fireworks, db_uri: mongodb://h/db, db_uri_env: B}\n")
+        )
     )
     _has(lines, "execution.db_uri_env: give at most one of launchpad, db_uri, db_uri_env")
     lines = _problems(camp(_minimal(extra="analysis: {fit: pymatgn, drift_reference: 3}\n")))

@@ -146,7 +146,7 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
         raise UserInputError(f"engine.relax: {eng.relax!r} is not available in this version")
     md = mat.md
     stride = md.frame_stride_steps
-    ckpt = stride * max(1, -(-100 // stride))
+    ckpt = md.checkpoint_interval_steps  # as checked by `validate` (MDSpec.md_settings)
     relax = None
     if eng.relax == "vasp":
         from ionflow.makers.vasp import vasp_relax_maker

@@ -33,10 +33,14 @@ Structure paths (and ``execution.launchpad``) are relative to the YAML file's di
 from __future__ import annotations
 
 import difflib
+import errno
 import math
+import os
 import re
+import stat
 import types
 import typing
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -57,11 +61,13 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     create_model,
+    field_serializer,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from ionflow.errors import UserInputError
+from ionflow.errors import MAX_MESSAGE_LINE, UserInputError, printable
+from ionflow.uris import redact_uri, uri_problem
 
 __all__ = [
     "ALLOWED_ENGINES",
@@ -87,11 +93,51 @@ ALLOWED_ENGINES: tuple[str, ...] = ("chgnet", "mace", "m3gnet", "sevennet", "vas
 ALLOWED_RELAX_ENGINES: tuple[str, ...] = (*ALLOWED_ENGINES, "none")
 ALLOWED_THERMOSTATS: tuple[str, ...] = ("nose-hoover", "langevin", "berendsen")
 
-MAX_TIME_STEP_FS = 5.0
 MIN_PRODUCTION_FRAMES = 10
 DEFAULT_FRAME_INTERVAL_STEPS = 10
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# ---- limits (README.md, "workflows.yaml" → "Limits"); each error message states its limit.
+# Those a user may legitimately need to raise read an environment variable (LIMIT_ENV).
+#: Largest campaign file, bytes (``IONFLOW_MAX_SPEC_BYTES``).
+MAX_SPEC_BYTES = 8 * 1024 * 1024
+#: Most materials in one campaign file (``IONFLOW_MAX_MATERIALS``).
+MAX_MATERIALS = 10_000
+#: Most atoms in one MD supercell (``IONFLOW_MAX_SUPERCELL_ATOMS``); checked from the cell
+#: volume before any supercell is searched or built.
+MAX_SUPERCELL_ATOMS = 20_000
+#: Deepest nesting of YAML lists/mappings (a campaign file needs 5).
+MAX_YAML_DEPTH = 64
+#: Most YAML values (scalars, lists, mappings) after expanding aliases (``*name``).
+MAX_YAML_NODES = 2_000_000
+#: Most temperatures of one material.
+MAX_TEMPERATURES = 50
+#: Highest MD temperature, K.
+MAX_TEMPERATURE_K = 5000.0
+#: Time-step range, fs.
+MIN_TIME_STEP_FS = 0.05
+MAX_TIME_STEP_FS = 5.0
+#: Longest equilibration or production, ps (100 ns).
+MAX_DURATION_PS = 100_000.0
+#: Largest ``supercell_min_length_a``, Å.
+MAX_SUPERCELL_MIN_LENGTH_A = 100.0
+#: Largest ``segment_steps`` and ``relax.max_steps``.
+MAX_STEPS_SETTING = 1_000_000_000
+#: Environment variables that raise the overridable limits.
+LIMIT_ENV = {
+    "MAX_SPEC_BYTES": "IONFLOW_MAX_SPEC_BYTES",
+    "MAX_MATERIALS": "IONFLOW_MAX_MATERIALS",
+    "MAX_SUPERCELL_ATOMS": "IONFLOW_MAX_SUPERCELL_ATOMS",
+}
+
+#: Names (campaign, materials): ASCII letters, digits, '.', '_', '-'; 1–64 characters,
+#: the first a letter or digit. They become directory names, database keys, FireWorks and
+#: report file names, so they are kept identical on every file system and unambiguous.
+NAME_RULE = (
+    "use 1–64 ASCII letters, digits, '.', '_' or '-', starting with a letter or digit "
+    "(no spaces, path separators, control or non-ASCII characters)"
+)
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # used with fullmatch
 _ERROR_TYPE = "ionflow"  # pydantic error type of our own single-problem errors
 _MULTI_ERROR_TYPE = "ionflow_multi"  # ... and of our cross-field errors (ctx["problems"])
 
@@ -104,7 +150,9 @@ class CampaignSpecError(UserInputError):
     """
 
     def __init__(self, problems: Sequence[str]):
-        self.problems = list(problems)
+        # each line printable (no raw escape sequence from the file reaches a terminal)
+        # and bounded, whatever the file holds
+        self.problems = [printable(p, MAX_MESSAGE_LINE) for p in problems]
         super().__init__("\n".join(self.problems))
 
 
@@ -116,22 +164,102 @@ def _fail(message: str) -> PydanticCustomError:
     return PydanticCustomError(_ERROR_TYPE, "{detail}", {"detail": message})
 
 
+def limit(name: str) -> int:
+    """The value of limit ``name`` (e.g. ``"MAX_MATERIALS"``): its environment variable
+    (:data:`LIMIT_ENV`) when set, else the module constant."""
+    default = int(globals()[name])
+    env = LIMIT_ENV.get(name)
+    raw = os.environ.get(env, "").strip() if env else ""
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserInputError(f"{env}: expected a whole number ≥ 1, got {printable(raw, 40)!r}")
+    return value
+
+
+def _fmt_int(value: int) -> str:
+    if abs(value) < 10**15:
+        return str(value)
+    digits = int(value.bit_length() * 0.30103) + 1  # no str(): huge ints are refused by it
+    if digits < 300:
+        return f"{float(value):.3g}"
+    return f"{'-' if value < 0 else ''}a number with ~{digits} digits"
+
+
 def _fmt_num(value: Any) -> str:
-    """Compact number: ``500.0`` → ``500``, ``2.5`` → ``2.5``; other values via repr."""
+    """Compact number: ``500.0`` → ``500``, ``2.5`` → ``2.5``; other values via :func:`_show`."""
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float) and math.isfinite(value) and value == int(value):
-        return str(int(value))
-    return repr(value)
+    if isinstance(value, int):
+        return _fmt_int(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e15:
+            return str(int(value))
+        return repr(value)
+    return _show(value)
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """A short one-line rendering of a user value for a message, at most ~``limit``
+    characters: cut *before* rendering (an alias-expanded list or a megabyte string costs
+    no more than a short one), non-printable characters escaped (``\\x1b``)."""
+    out: list[str] = []
+    budget = [max(limit, 8)]
+
+    def emit(text: str) -> bool:
+        if budget[0] <= 0:
+            return False
+        if len(text) > budget[0]:
+            text = text[: budget[0]] + "…"
+        out.append(text)
+        budget[0] -= len(text)
+        return budget[0] > 0
+
+    def walk(v: Any, depth: int) -> bool:
+        if v is None:
+            return emit("null")
+        if isinstance(v, bool | int | float):
+            return emit(_fmt_num(v))
+        if isinstance(v, str):
+            return emit("'" + printable(v, budget[0] + 1) + "'")
+        if isinstance(v, bytes | bytearray):
+            return emit(printable(repr(bytes(v[: budget[0]])), budget[0] + 1))
+        if isinstance(v, dict | list | tuple | set | frozenset):
+            if depth > 8:
+                return emit("…")
+            is_map = isinstance(v, dict)
+            if not emit("{" if is_map else "["):
+                return False
+            for i, item in enumerate(v.items() if is_map else v):
+                if i and not emit(", "):
+                    return False
+                if is_map:
+                    if not (walk(item[0], depth + 1) and emit(": ")):
+                        return False
+                    item = item[1]
+                if not walk(item, depth + 1):
+                    return False
+            return emit("}" if is_map else "]")
+        return emit(printable(type(v).__name__, 40))
+
+    walk(value, 0)
+    text = "".join(out)
+    return text if budget[0] > 0 or text.endswith("…") else text + "…"
 
 
 def _fmt_list(values: Sequence[Any]) -> str:
-    return "[" + ", ".join(_fmt_num(v) for v in values) + "]"
+    return _show(list(values))
 
 
-def _suggest(word: str, choices: Sequence[str]) -> str:
+def _suggest(word: Any, choices: Sequence[str]) -> str:
     """``"; did you mean 'x'?"`` when a close match exists, else ``""``."""
-    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    if not isinstance(word, str) or len(word) > 100:
+        return ""
+    match = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
@@ -153,7 +281,8 @@ def _choice(kind: str, allowed: Sequence[str]):
             key = alt if alt in allowed else key
         if key not in allowed:
             raise _fail(
-                f"unknown {kind} {value!r}{_suggest(key, allowed)} (allowed: {', '.join(allowed)})"
+                f"unknown {kind} {_show(value)}{_suggest(key, allowed)} "
+                f"(allowed: {', '.join(allowed)})"
             )
         return key
 
@@ -172,45 +301,111 @@ def _check_element(symbol: Any) -> str:
     if not isinstance(symbol, str):
         raise _fail(f"expected an element symbol, got {_fmt_num(symbol)}{_yaml_bool_hint(symbol)}")
     sym = symbol.strip()
-    if not Element.is_valid_symbol(sym):
-        if Element.is_valid_symbol(sym.capitalize()):
-            raise _fail(f"{symbol!r} is not an element symbol; did you mean '{sym.capitalize()}'?")
-        raise _fail(f"{symbol!r} is not an element symbol")
+    if len(sym) > 3 or not Element.is_valid_symbol(sym):
+        if len(sym) <= 3 and Element.is_valid_symbol(sym.capitalize()):
+            raise _fail(
+                f"{_show(symbol)} is not an element symbol; did you mean '{sym.capitalize()}'?"
+            )
+        raise _fail(f"{_show(symbol)} is not an element symbol")
     return sym
+
+
+def name_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid campaign/material name (:data:`NAME_RULE`), or None."""
+    if _SAFE_NAME.fullmatch(value):
+        return None
+    if not value:
+        return "empty"
+    if len(value) > 64:
+        return f"{len(value)} characters"
+    if value != value.strip():
+        end = value[-1] if value[-1].isspace() else value[0]
+        where = "ends" if value[-1].isspace() else "starts"
+        return f"{where} with {'a line break' if end in chr(10) + chr(13) else 'whitespace'}"
+    bad = next((ch for ch in value if ch not in _NAME_CHARS), None)
+    if bad is not None:
+        if not bad.isprintable():
+            return f"contains the control/invisible character {printable(bad)}"
+        if bad in "/\\":
+            return f"contains the path separator {bad!r}"
+        if bad.isspace():
+            return "contains whitespace"
+        return f"contains {bad!r}"
+    return f"starts with {value[0]!r}"
 
 
 def _check_safe_name(kind: str):
     def check(value: str) -> str:
-        if not _SAFE_NAME.match(value):
+        problem = name_problem(value)
+        if problem is not None:
+            hint = ""
+            ascii_form = unicodedata.normalize("NFKC", value).strip()
+            if ascii_form != value and _SAFE_NAME.fullmatch(ascii_form):
+                hint = f"; did you mean '{ascii_form}'?"
             raise _fail(
-                f"{kind} {value!r} is not filesystem-safe: use 1–64 letters, digits, '.', '_' "
-                "or '-', starting with a letter or digit"
+                f"{kind} {_show(value)} is not filesystem-safe ({problem}): {NAME_RULE}{hint}"
             )
         return value
 
     return AfterValidator(check)
 
 
-def _positive(unit: str):
+def _path_check(value: str) -> str:
+    if not value:
+        raise _fail("empty path")
+    if len(value) > 4096:
+        raise _fail(f"a path of {len(value):,} characters (at most 4096)")
+    if not value.isprintable():
+        bad = next(ch for ch in value if not ch.isprintable())
+        raise _fail(
+            f"path {_show(value)} contains the control/invisible character {printable(bad)}"
+        )
+    return value
+
+
+_check_path = AfterValidator(_path_check)
+
+
+def _check_uri(value: str) -> str:
+    problem = uri_problem(value)
+    if problem is not None:
+        raise _fail(problem)
+    return value
+
+
+def _range_text(lower: str, upper: float | None, unit: str) -> str:
+    """``"> 0 ps"`` or ``"> 0 and ≤ 100000 ps"`` (the unit once, at the end)."""
+    unit = f" {unit}" if unit else ""
+    if upper is None:
+        return f"{lower}{unit}"
+    return f"{lower} and ≤ {_fmt_num(upper)}{unit}"
+
+
+def _positive(unit: str, upper: float | None = None):
     def check(value: float) -> float:
-        if not math.isfinite(value) or value <= 0:
-            raise _fail(f"must be > 0{' ' + unit if unit else ''}, got {_fmt_num(value)}")
+        if not math.isfinite(value) or value <= 0 or (upper is not None and value > upper):
+            raise _fail(f"must be {_range_text('> 0', upper, unit)}, got {_fmt_num(value)}")
         return value
 
     return AfterValidator(check)
 
 
-def _non_negative(unit: str):
+def _non_negative(unit: str, upper: float | None = None):
     def check(value: float) -> float:
-        if not math.isfinite(value) or value < 0:
-            raise _fail(f"must be ≥ 0 {unit}, got {_fmt_num(value)}")
+        if not math.isfinite(value) or value < 0 or (upper is not None and value > upper):
+            raise _fail(f"must be {_range_text('≥ 0', upper, unit)}, got {_fmt_num(value)}")
         return value
 
     return AfterValidator(check)
 
 
 def _check_time_step(value: float) -> float:
-    if not math.isfinite(value) or not 0 < value <= MAX_TIME_STEP_FS:
+    if not math.isfinite(value) or not MIN_TIME_STEP_FS <= value <= MAX_TIME_STEP_FS:
+        if math.isfinite(value) and 0 < value < MIN_TIME_STEP_FS:
+            raise _fail(
+                f"must be ≥ {_fmt_num(MIN_TIME_STEP_FS)} and ≤ {_fmt_num(MAX_TIME_STEP_FS)} fs, "
+                f"got {value!r}"
+            )
         raise _fail(f"must be > 0 and ≤ {_fmt_num(MAX_TIME_STEP_FS)} fs, got {value!r}")
     return value
 
@@ -218,9 +413,14 @@ def _check_time_step(value: float) -> float:
 def _check_temperatures(values: list[float]) -> list[float]:
     if not values:
         raise _fail("give at least one temperature, got []")
+    if len(values) > MAX_TEMPERATURES:
+        raise _fail(f"at most {MAX_TEMPERATURES} temperatures, got {len(values)}")
     bad = [v for v in values if not math.isfinite(v) or v <= 0]
     if bad:
         raise _fail(f"temperatures must be > 0 K, got {_fmt_list(bad)}")
+    hot = [v for v in values if v > MAX_TEMPERATURE_K]
+    if hot:
+        raise _fail(f"temperatures must be ≤ {_fmt_num(MAX_TEMPERATURE_K)} K, got {_fmt_list(hot)}")
     if len(set(values)) != len(values):
         raise _fail(f"temperatures must be unique, got {_fmt_list(values)}")
     return sorted(values)
@@ -324,22 +524,28 @@ class MDSpec(_Model):
     """Molecular-dynamics settings (campaign-wide; materials may override any field)."""
 
     temperatures_k: Annotated[list[StrictFloat], AfterValidator(_check_temperatures)] = Field(
-        description="MD temperatures in kelvin; each > 0, unique, at least one (sorted ascending).",
+        description="MD temperatures in kelvin; each > 0 and ≤ 5000 K, unique, 1–50 of them "
+        "(sorted ascending).",
     )
     time_step_fs: Annotated[StrictFloat, AfterValidator(_check_time_step)] = Field(
-        2.0, description="Integration time step in femtoseconds (0 < dt ≤ 5 fs)."
+        2.0, description="Integration time step in femtoseconds (0.05 ≤ dt ≤ 5 fs)."
     )
-    equilibration_ps: Annotated[StrictFloat, _non_negative("ps")] = Field(
-        1.0, description="Equilibration length in picoseconds, discarded from analysis (≥ 0 ps)."
+    equilibration_ps: Annotated[StrictFloat, _non_negative("ps", MAX_DURATION_PS)] = Field(
+        1.0,
+        description="Equilibration length in picoseconds, discarded from analysis (0–100000 ps, "
+        "a whole number of saved frames).",
     )
-    production_ps: Annotated[StrictFloat, _positive("ps")] = Field(
+    production_ps: Annotated[StrictFloat, _positive("ps", MAX_DURATION_PS)] = Field(
         5.0,
-        description="Production length in picoseconds, analysed for diffusion (> 0 ps, long "
-        f"enough for ≥ {MIN_PRODUCTION_FRAMES} saved frames).",
+        description="Production length in picoseconds, analysed for diffusion (> 0 and "
+        f"≤ 100000 ps, a whole number of saved frames, ≥ {MIN_PRODUCTION_FRAMES} of them).",
     )
-    supercell_min_length_a: Annotated[StrictFloat, _positive("Å")] = Field(
-        10.0,
-        description="Minimum perpendicular width of the MD supercell in ångström (> 0 Å).",
+    supercell_min_length_a: Annotated[StrictFloat, _positive("Å", MAX_SUPERCELL_MIN_LENGTH_A)] = (
+        Field(
+            10.0,
+            description="Minimum perpendicular width of the MD supercell in ångström (> 0 and "
+            "≤ 100 Å; the supercell may hold at most 20000 atoms, IONFLOW_MAX_SUPERCELL_ATOMS).",
+        )
     )
     pinned_control: PinnedControl = Field(
         "auto",
@@ -356,7 +562,7 @@ class MDSpec(_Model):
     ] = Field(
         "nose-hoover", description="NVT thermostat (no unit): nose-hoover, langevin or berendsen."
     )
-    segment_steps: Annotated[StrictInt, _positive("")] | None = Field(
+    segment_steps: Annotated[StrictInt, _positive("", MAX_STEPS_SETTING)] | None = Field(
         None,
         description="MD steps per restartable segment in steps (VASP); null = one segment.",
     )
@@ -400,7 +606,60 @@ class MDSpec(_Model):
                     f"(production_ps ≥ {need_ps:g} or a smaller frame_interval_fs)",
                 )
             )
-        return problems
+            return problems
+        return self.md_job_problems()
+
+    def md_settings(self, temperature_k: float | None = None) -> Any:
+        """The :class:`ionflow.md.MDSettings` an MD job of these settings builds (the job's
+        own model and rules); raises its ``ValidationError`` where the job would."""
+        from ionflow.md import MDSettings
+
+        return MDSettings(
+            temperature_k=temperature_k if temperature_k is not None else self.temperatures_k[0],
+            time_step_fs=self.time_step_fs,
+            equilibration_steps=self.equilibration_steps,
+            production_steps=self.production_steps,
+            frame_interval_steps=self.frame_stride_steps,
+            checkpoint_interval_steps=self.checkpoint_interval_steps,
+            thermostat=self.thermostat,
+        )
+
+    def md_job_problems(self) -> list[tuple[str, str]]:
+        """What the MD job would refuse in these settings, as ``(field, message)`` pairs:
+        :meth:`md_settings` validated by the job's model, its errors said in this file's
+        keys (one rule, checked by ``validate`` and enforced by the job)."""
+        try:
+            self.md_settings()
+        except ValidationError as exc:
+            return [self._md_job_problem(err) for err in exc.errors(include_url=False)]
+        return []
+
+    def _md_job_problem(self, err: Any) -> tuple[str, str]:
+        text = str(err.get("msg", "")).removeprefix("Value error, ")
+        loc = [p for p in err.get("loc", ()) if isinstance(p, str)]
+        field = loc[0] if loc else (re.match(r"(\w+)=", text) or [None, ""])[1]
+        stride, dt = self.frame_stride_steps, self.time_step_fs
+        frame_ps = stride * dt / 1000.0
+        if field in ("equilibration_steps", "production_steps") and "multiple" in text:
+            key = field.replace("_steps", "_ps")
+            ps = getattr(self, key)
+            steps = getattr(self, field)
+            lo = (steps // stride) * frame_ps
+            hi = lo + frame_ps
+            options = f"{lo:.6g} or {hi:.6g}" if lo > 0 else f"{hi:.6g}"
+            return (
+                key,
+                f"{_fmt_num(ps)} ps is {steps} steps of {_fmt_num(dt)} fs, not a whole number of "
+                f"saved frames (one every {stride} steps = {_fmt_num(stride * dt)} fs), which the "
+                f"MD job refuses; use a multiple of {frame_ps:.6g} ps, e.g. {options}",
+            )
+        key = {
+            "equilibration_steps": "equilibration_ps",
+            "production_steps": "production_ps",
+            "frame_interval_steps": "frame_interval_fs",
+            "temperature_k": "temperatures_k",
+        }.get(field, field if field in MDSpec.model_fields else "time_step_fs")
+        return key, f"the MD job refuses these settings: {printable(text, 200)}"
 
     # ---- derived quantities (all in steps / frames, computed from the settings above)
     @property
@@ -414,6 +673,12 @@ class MDSpec(_Model):
     def frame_stride_steps(self) -> int:
         """MD steps between saved frames."""
         return max(1, round(self.frame_interval_effective_fs / self.time_step_fs))
+
+    @property
+    def checkpoint_interval_steps(self) -> int:
+        """MD steps between checkpoints: the first multiple of the frame stride ≥ 100."""
+        stride = self.frame_stride_steps
+        return stride * max(1, -(-100 // stride))
 
     @property
     def equilibration_steps(self) -> int:
@@ -487,7 +752,7 @@ class RelaxSpec(_Model):
     fmax_ev_a: Annotated[StrictFloat, _positive("eV/Å")] = Field(
         0.05, description="Force convergence threshold in eV/Å (> 0)."
     )
-    max_steps: Annotated[StrictInt, _positive("")] = Field(
+    max_steps: Annotated[StrictInt, _positive("", MAX_STEPS_SETTING)] = Field(
         500, description="Maximum optimiser steps (count, > 0)."
     )
     relax_cell: StrictBool = Field(
@@ -536,7 +801,7 @@ class MaterialSpec(_Model):
     name: Annotated[StrictStr, _check_safe_name("name")] = Field(
         description="Unique, filesystem-safe material name (no unit), e.g. Li6PS5Cl."
     )
-    structure: StrictStr = Field(
+    structure: Annotated[StrictStr, _check_path] = Field(
         description="Structure file (CIF, POSCAR/CONTCAR or pymatgen JSON; no unit), relative "
         "to the YAML file's directory."
     )
@@ -558,12 +823,15 @@ class ExecutionSpec(_Model):
         description="local (run in this process) or fireworks (submit to a FireWorks "
         "LaunchPad); no unit.",
     )
-    launchpad: StrictStr | None = Field(
+    launchpad: Annotated[StrictStr, _check_path] | None = Field(
         None,
         description="Path to my_launchpad.yaml (relative to the YAML file; no unit).",
     )
-    db_uri: StrictStr | None = Field(
-        None, description="MongoDB URI for the LaunchPad (no unit); prefer db_uri_env."
+    db_uri: Annotated[StrictStr, AfterValidator(_check_uri)] | None = Field(
+        None,
+        repr=False,
+        description="MongoDB URI for the LaunchPad (no unit); prefer db_uri_env. Shown "
+        "everywhere with its password masked (mongodb://user:***@host:port/db).",
     )
     db_uri_env: StrictStr | None = Field(
         None, description="Name of the environment variable holding the MongoDB URI (no unit)."
@@ -571,6 +839,11 @@ class ExecutionSpec(_Model):
     profile: StrictStr | None = Field(
         None, description="Name of the worker/queue profile used for submission (no unit)."
     )
+
+    @field_serializer("db_uri")
+    def _masked(self, value: str | None) -> str | None:
+        # every dump of the spec (validate --json, logs, provenance) masks the password
+        return redact_uri(value) if value else value
 
     @model_validator(mode="after")
     def _one_source(self) -> ExecutionSpec:
@@ -614,6 +887,15 @@ class CampaignSpec(_Model):
     )
 
 
+def _det3(m: Sequence[Sequence[int]]) -> int:
+    """Determinant of a 3×3 integer matrix (exact)."""
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
+
+
 class ResolvedMaterial(BaseModel):
     """A material with its structure loaded and its MD settings merged and checked."""
 
@@ -654,13 +936,7 @@ class ResolvedMaterial(BaseModel):
     @property
     def supercell_multiplicity(self) -> int:
         """Number of input cells in the supercell (|det M|)."""
-        m = self.supercell_matrix
-        det = (
-            m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
-            - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-            + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
-        )
-        return abs(det)
+        return abs(_det3(self.supercell_matrix))
 
     @property
     def n_sites_supercell(self) -> int:
@@ -729,15 +1005,7 @@ _TYPE_WORDS = {
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    if isinstance(value, list) and all(isinstance(v, int | float) for v in value):
-        text = _fmt_list(value)
-    elif isinstance(value, int | float | bool):
-        text = _fmt_num(value)
-    elif value is None:
-        text = "null"
-    else:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return _show(value, limit)
 
 
 def _pydantic_problems(
@@ -759,7 +1027,7 @@ def _pydantic_problems(
             msg = "missing required key"
         elif kind == "extra_forbidden":
             allowed = _allowed_keys(root, err["loc"][:-1])
-            hint = _suggest(str(loc[-1]), allowed)
+            hint = _suggest(loc[-1], allowed)
             msg = "unknown key" + (hint or f"; allowed keys: {', '.join(allowed)}")
         elif kind in _TYPE_WORDS:
             msg = f"{_TYPE_WORDS[kind]}, got {_short(err['input'])}"
@@ -777,10 +1045,11 @@ def _pydantic_problems(
 def _loc_text(loc: Sequence[Any]) -> str:
     text = ""
     for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{_fmt_int(part)}]"
         else:
-            text += ("." if text else "") + str(part)
+            name = part if isinstance(part, str) else _show(part, 40)
+            text += ("." if text else "") + printable(name, 60)
     return text
 
 
@@ -809,7 +1078,7 @@ class _Problems:
         if isinstance(mats, list) and index < len(mats) and isinstance(mats[index], dict):
             candidate = mats[index].get("name")
             if isinstance(candidate, str) and candidate:
-                name = candidate
+                name = printable(candidate, 60)
         return f"materials[{index}]" + (f" ({name})" if name else "")
 
     def lines(self) -> list[str]:
@@ -842,8 +1111,11 @@ class _Problems:
 # ------------------------------------------------------------------- YAML reading
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that records duplicate mapping keys instead of silently keeping the last."""
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
+
+
+class _Loader(_BaseLoader):
+    """Safe loader that records duplicate mapping keys instead of silently keeping the last."""
 
     duplicates: list[tuple[int, str]]
 
@@ -856,25 +1128,114 @@ class _Loader(yaml.SafeLoader):
             except Exception:  # unhashable keys: let SafeLoader raise its own error
                 continue
             if key in seen:
-                self.duplicates.append((key_node.start_mark.line + 1, str(key)))
+                self.duplicates.append((key_node.start_mark.line + 1, _show(key)))
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml(path: Path, label: str) -> tuple[Any, list[str]]:
+class _Frame:
+    __slots__ = ("anchor", "start", "is_map", "key_next", "materials", "pending")
+
+    def __init__(self, anchor: str | None, start: int, is_map: bool, materials: bool) -> None:
+        self.anchor, self.start, self.is_map = anchor, start, is_map
+        self.key_next = True  # in a mapping: the next node is a key
+        self.materials = materials  # the top-level materials list
+        self.pending = False  # in the root mapping: the last key was "materials"
+
+
+def _prescan(text: str, label: str) -> None:
+    """Check the limits on the YAML event stream, before any node is built: nesting depth
+    (:data:`MAX_YAML_DEPTH`), values after alias expansion (:data:`MAX_YAML_NODES`; a
+    recursive alias is refused) and the number of materials (:data:`MAX_MATERIALS`). Costs
+    one pass of the parser and stops at the first limit, so a 50,000-deep file or an alias
+    bomb answers in milliseconds."""
+    max_materials = limit("MAX_MATERIALS")
+    stack: list[_Frame] = []
+    sizes: dict[str, int] = {}  # anchor -> values it expands to
+    total = 0
+    n_materials = 0
+    loader = _BaseLoader(text)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CampaignSpecError([f"{label}: file not found"]) from None
-    except IsADirectoryError:
-        raise CampaignSpecError([f"{label}: is a directory, expected a YAML file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CampaignSpecError([f"{label}: cannot read: {exc}"]) from None
-    loader = _Loader(text)
-    loader.duplicates = []
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
+        while loader.check_event():
+            event = loader.get_event()
+            line = event.start_mark.line + 1 if event.start_mark else 0
+            if isinstance(event, yaml.CollectionEndEvent):
+                frame = stack.pop()
+                if frame.anchor:
+                    sizes[frame.anchor] = total - frame.start
+                continue
+            if not isinstance(event, yaml.NodeEvent):
+                continue
+            parent = stack[-1] if stack else None
+            is_key = parent is not None and parent.is_map and parent.key_next
+            materials_value = parent is not None and parent.pending and not is_key
+            if parent is not None:
+                if parent.materials:
+                    n_materials += 1
+                    if n_materials > max_materials:
+                        raise CampaignSpecError(
+                            [
+                                f"{label}: line {line}: materials: more than {max_materials:,} "
+                                f"materials (limit MAX_MATERIALS; {LIMIT_ENV['MAX_MATERIALS']} "
+                                "raises it)"
+                            ]
+                        )
+                if parent.is_map:
+                    parent.key_next = not parent.key_next
+                    if is_key:
+                        parent.pending = (
+                            len(stack) == 1
+                            and isinstance(event, yaml.ScalarEvent)
+                            and event.value == "materials"
+                        )
+                    else:
+                        parent.pending = False
+            if isinstance(event, yaml.AliasEvent):
+                size = sizes.get(event.anchor)
+                if size is None:
+                    if any(f.anchor == event.anchor for f in stack):
+                        raise CampaignSpecError(
+                            [
+                                f"{label}: line {line}: alias *{printable(event.anchor, 40)} "
+                                "refers to a value that contains it (a recursive alias)"
+                            ]
+                        )
+                    size = 1  # undefined: the loader reports it
+                total += size
+            else:
+                total += 1
+                if isinstance(event, yaml.CollectionStartEvent):
+                    stack.append(
+                        _Frame(
+                            event.anchor,
+                            total - 1,
+                            isinstance(event, yaml.MappingStartEvent),
+                            materials_value and isinstance(event, yaml.SequenceStartEvent),
+                        )
+                    )
+                    if len(stack) > MAX_YAML_DEPTH:
+                        raise CampaignSpecError(
+                            [
+                                f"{label}: line {line}: lists/mappings nested more than "
+                                f"{MAX_YAML_DEPTH} deep (limit MAX_YAML_DEPTH)"
+                            ]
+                        )
+                elif event.anchor:
+                    sizes[event.anchor] = 1
+            if total > MAX_YAML_NODES:
+                raise CampaignSpecError(
+                    [
+                        f"{label}: line {line}: more than {MAX_YAML_NODES:,} values after "
+                        "expanding aliases (*name) (limit MAX_YAML_NODES; an alias bomb?)"
+                    ]
+                )
+    finally:
+        loader.dispose()
+
+
+def _yaml_error_line(label: str, exc: Exception) -> str:
+    """One line for any YAML error: file, line and column when known, the problem."""
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         what = exc.problem or exc.context or "invalid YAML"
@@ -882,13 +1243,99 @@ def _read_yaml(path: Path, label: str) -> tuple[Any, list[str]]:
             ctx_mark = exc.context_mark
             at = f" at line {ctx_mark.line + 1}" if ctx_mark and ctx_mark is not mark else ""
             what += f" ({exc.context}{at})"
-        raise CampaignSpecError([f"{label}: {where}YAML syntax error: {what}"]) from None
+        return f"{label}: {where}YAML syntax error: {printable(what, 300)}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        return (
+            f"{label}: position {exc.position}: YAML syntax error: character "
+            f"{printable(chr(exc.character)) if isinstance(exc.character, int) else '?'} "
+            "is not allowed in YAML (control characters must be written as escapes in "
+            'double quotes, e.g. "\\t")'
+        )
+    first = next((x for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+    return f"{label}: YAML syntax error: {printable(first.strip(), 300)}"
+
+
+def _read_text(path: Path, label: str) -> str:
+    """The file's text: a regular file, at most :data:`MAX_SPEC_BYTES`, UTF-8."""
+    max_bytes = limit("MAX_SPEC_BYTES")
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        why = "a symbolic link to a missing file" if path.is_symlink() else "file not found"
+        raise CampaignSpecError([f"{label}: {why}"]) from None
+    except OSError as exc:
+        raise CampaignSpecError([f"{label}: {_os_error_text(exc)}"]) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise CampaignSpecError([f"{label}: is a directory, expected a YAML file"])
+    if not stat.S_ISREG(info.st_mode):
+        raise CampaignSpecError(
+            [f"{label}: not a regular file (a device, pipe or socket), expected a YAML file"]
+        )
+    if info.st_size > max_bytes:
+        raise CampaignSpecError(
+            [
+                f"{label}: {info.st_size:,} bytes, more than a campaign file may have "
+                f"({max_bytes:,} bytes, limit MAX_SPEC_BYTES; {LIMIT_ENV['MAX_SPEC_BYTES']} "
+                "raises it)"
+            ]
+        )
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise CampaignSpecError([f"{label}: {_os_error_text(exc)}"]) from None
+    if len(data) > max_bytes:  # grew since stat
+        raise CampaignSpecError([f"{label}: more than {max_bytes:,} bytes (limit MAX_SPEC_BYTES)"])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CampaignSpecError(
+            [
+                f"{label}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                "expected a YAML file"
+            ]
+        ) from None
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop (too many levels of symbolic links)"
+    return f"cannot read: {printable(exc.strerror or type(exc).__name__, 100)}"
+
+
+def _read_yaml(path: Path, label: str) -> tuple[Any, list[str]]:
+    text = _read_text(path, label)
+    loader = None
+    try:
+        _prescan(text, label)
+        loader = _Loader(text)
+        loader.duplicates = []
+        data = loader.get_single_data()
+    except CampaignSpecError:
+        raise
     except yaml.YAMLError as exc:
-        raise CampaignSpecError([f"{label}: YAML syntax error: {exc}"]) from None
+        raise CampaignSpecError([_yaml_error_line(label, exc)]) from None
+    except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
+        # e.g. an integer of more than 4300 digits, a malformed !!binary or timestamp
+        what = next((x for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+        raise CampaignSpecError(
+            [f"{label}: cannot read a value: {printable(what.strip(), 200)}"]
+        ) from None
     finally:
-        loader.dispose()
-    dupes = [f"{label}: line {line}: duplicate key {key!r}" for line, key in loader.duplicates]
+        if loader is not None:
+            loader.dispose()
+    dupes = [f"{label}: line {line}: duplicate key {key}" for line, key in loader.duplicates]
     return data, dupes
+
+
+def _resolve(path: Path) -> Path:
+    """``path.resolve()``, or the absolute path when it cannot be resolved (a symbolic
+    link loop raises RuntimeError in Python 3.11): the problem is reported where the file
+    is read."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
 
 
 # ----------------------------------------------------------------------- loading
@@ -945,8 +1392,8 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
     from ionflow import structure as st
 
     path = Path(path)
-    label = str(path)
-    base_dir = path.expanduser().resolve().parent
+    label = printable(str(path), 300)
+    base_dir = _resolve(path.expanduser()).parent
     raw, dupes = _read_yaml(path.expanduser(), label)
     problems = _Problems(label)
     problems.raw = raw
@@ -961,6 +1408,14 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
     if not isinstance(raw, dict):
         raise CampaignSpecError(
             [f"{label}: top level must be a mapping (key: value), got a {type(raw).__name__}"]
+        )
+    max_materials = limit("MAX_MATERIALS")
+    if isinstance(raw.get("materials"), list) and len(raw["materials"]) > max_materials:
+        raise CampaignSpecError(  # (materials given through an alias; _prescan counts others)
+            [
+                f"{label}: materials: {len(raw['materials']):,} materials, more than "
+                f"{max_materials:,} (limit MAX_MATERIALS; {LIMIT_ENV['MAX_MATERIALS']} raises it)"
+            ]
         )
 
     spec: CampaignSpec | None = None
@@ -1022,7 +1477,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
     for i, (mat, _) in enumerate(materials):
         if mat is None:
             continue
-        key = mat.name.lower()
+        key = mat.name.casefold()
         if key in seen_names:
             problems.add(
                 ("materials", i, "name"),
@@ -1033,7 +1488,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
 
     # execution.launchpad exists (relative to the YAML directory)
     if spec is not None and spec.execution.launchpad is not None:
-        lp = (base_dir / Path(spec.execution.launchpad).expanduser()).resolve()
+        lp = _resolve(base_dir / Path(spec.execution.launchpad).expanduser())
         if not lp.is_file():
             problems.add(("execution", "launchpad"), f"launchpad file not found: {lp}")
         else:
@@ -1072,7 +1527,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
         # structure
         # shown in messages relative to the working directory when the YAML path is relative
         shown = path.expanduser().parent / Path(mat.structure).expanduser()
-        spath = shown.resolve()
+        spath = _resolve(shown)
         try:
             structure = st.load_structure(shown)
         except UserInputError as exc:
@@ -1099,11 +1554,34 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
         if md is None:
             continue
         pinned_arg = md.pinned_control_arg
+        # the atom count from the cell volume first: never search or build a supercell
+        # beyond the limit (1e6 Å would need EiB of memory)
+        max_atoms = limit("MAX_SUPERCELL_ATOMS")
+        width = md.supercell_min_length_a
+        too_many = (
+            f"the limit is {max_atoms:,} atoms (MAX_SUPERCELL_ATOMS; "
+            f"{LIMIT_ENV['MAX_SUPERCELL_ATOMS']} raises it)"
+        )
+        n_lower = len(structure) * st.min_supercell_cells(structure.lattice, width)
+        if n_lower > max_atoms:
+            problems.add(
+                (*prefix, "md", "supercell_min_length_a"),
+                f"{_fmt_num(width)} Å needs a supercell of at least {n_lower:,} atoms "
+                f"({len(structure)} per cell of {spath.name}); {too_many}",
+            )
+            continue
         try:
-            matrix = st.supercell_matrix(structure.lattice, md.supercell_min_length_a)
+            matrix = st.supercell_matrix(structure.lattice, width)
             matrix_list = [[int(x) for x in row] for row in matrix]
         except UserInputError as exc:
             problems.add((*prefix, "md", "supercell_min_length_a"), str(exc))
+            continue
+        n_atoms = len(structure) * abs(_det3(matrix_list))
+        if n_atoms > max_atoms:
+            problems.add(
+                (*prefix, "md", "supercell_min_length_a"),
+                f"{_fmt_num(width)} Å gives a supercell of {n_atoms:,} atoms; {too_many}",
+            )
             continue
         pinned: list[int] = []
         reason = "off"

@@ -45,9 +45,11 @@ Anion classification
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import math
+import stat
 import warnings
 from collections import Counter
 from collections.abc import Sequence
@@ -66,8 +68,10 @@ __all__ = [
     "PolyanionGroup",
     "classify_anions",
     "free_degrees_of_freedom",
+    "lattice_problem",
     "load_structure",
     "make_supercell",
+    "min_supercell_cells",
     "perpendicular_widths",
     "pinned_indices",
     "supercell_matrix",
@@ -76,6 +80,10 @@ __all__ = [
 
 #: Two atoms closer than this (Å) in an input structure are reported as overlapping.
 MIN_INTERATOMIC_DISTANCE_A = 0.5
+#: A cell narrower than this (Å, distance between opposite faces) is degenerate.
+MIN_CELL_WIDTH_A = 0.1
+#: Largest structure file read, bytes (a 20,000-atom CIF is ~2 MB).
+MAX_STRUCTURE_FILE_BYTES = 64 * 1024 * 1024
 
 # Relative tolerance when comparing a width with the requested minimum (a 10.0 Å target is
 # met by a width of 9.9999999999 Å that is 10 Å up to rounding).
@@ -159,10 +167,27 @@ def load_structure(path: str | Path) -> Structure:
         or has two atoms closer than 0.5 Å.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"structure file {path} does not exist")
-    if not path.is_file():
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        what = "is a symbolic link to a missing file" if path.is_symlink() else "does not exist"
+        raise UserInputError(f"structure file {path} {what}") from None
+    except OSError as exc:
+        what = (
+            "is a symbolic link loop"
+            if exc.errno == errno.ELOOP
+            else f"cannot be read ({exc.strerror or type(exc).__name__})"
+        )
+        raise UserInputError(f"structure file {path} {what}") from None
+    except ValueError:  # an embedded NUL
+        raise UserInputError(f"structure file {path!r}: not a valid path") from None
+    if not stat.S_ISREG(info.st_mode):
         raise UserInputError(f"structure file {path} is not a file")
+    if info.st_size > MAX_STRUCTURE_FILE_BYTES:
+        raise UserInputError(
+            f"structure file {path}: {info.st_size:,} bytes, more than "
+            f"{MAX_STRUCTURE_FILE_BYTES:,} (MAX_STRUCTURE_FILE_BYTES)"
+        )
     name = path.name.lower()
     if name.endswith(".cif"):
         reader, kind = _read_cif, "CIF"
@@ -187,6 +212,11 @@ def load_structure(path: str | Path) -> Structure:
         raise UserInputError(f"cannot read {kind} file {path}: {_one_line(exc)}{hint}") from None
     if len(structure) == 0:
         raise UserInputError(f"structure file {path} contains no atoms")
+    problem = lattice_problem(structure.lattice)
+    if problem:
+        raise UserInputError(f"structure file {path}: {problem}")
+    if not np.all(np.isfinite(structure.frac_coords)):
+        raise UserInputError(f"structure file {path}: atomic positions are not finite numbers")
     for index, site in enumerate(structure):
         if not site.is_ordered:
             raise UserInputError(
@@ -219,6 +249,34 @@ def _lattice_matrix(lattice: Any) -> np.ndarray:
     if matrix.shape != (3, 3):
         raise ValueError(f"a lattice must be a 3x3 matrix of row vectors, got shape {matrix.shape}")
     return matrix
+
+
+def lattice_problem(lattice: Lattice | np.ndarray) -> str | None:
+    """Why a cell cannot be simulated (non-finite vectors, zero volume, narrower than
+    :data:`MIN_CELL_WIDTH_A` between opposite faces), or None."""
+    matrix = _lattice_matrix(lattice)
+    if not np.all(np.isfinite(matrix)):
+        return "the lattice vectors are not finite numbers"
+    volume = abs(float(np.linalg.det(matrix)))
+    if not volume > 0:
+        return "the lattice has zero volume (linearly dependent lattice vectors): a degenerate cell"
+    widths = perpendicular_widths(matrix)
+    if widths.min() < MIN_CELL_WIDTH_A:
+        return (
+            f"the cell is degenerate: {widths.min():.3g} Å between opposite faces "
+            f"(volume {volume:.3g} Å³; at least {MIN_CELL_WIDTH_A} Å expected)"
+        )
+    return None
+
+
+def min_supercell_cells(lattice: Lattice | np.ndarray, min_width_a: float) -> int:
+    """A lower bound on the cells of any supercell whose widths all reach ``min_width_a``:
+    ``ceil(min_width_a³ / V)`` (a cell's volume is at least the product of its widths).
+    Cheap, so that the supercell's atom count can be bounded before it is searched for."""
+    volume = abs(float(np.linalg.det(_lattice_matrix(lattice))))
+    if not volume > 0:
+        raise UserInputError("the lattice has zero volume")
+    return max(1, math.ceil(min_width_a**3 / volume * (1 - 1e-9)))
 
 
 def perpendicular_widths(lattice: Lattice | np.ndarray) -> np.ndarray:
