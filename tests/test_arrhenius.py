@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -183,3 +184,27 @@ def test_unresolved_activation_energy_is_flagged():
     assert any("not resolved as positive" in w for w in fit.warnings)
     clean = fit_arrhenius([600.0, 800.0, 1000.0], [1e-7, 1e-6, 4e-6], [1e-9, 1e-8, 4e-8])
     assert clean.ea_ev > 0 and not any("not resolved" in w for w in clean.warnings)
+
+
+def test_unresolved_ea_is_flagged_and_its_extrapolation_not_quoted(tmp_path, capsys) -> None:
+    """Ea = 0.10 eV from D that are each ±60 %: Ea < 2σ, so σ(300 K) is not printed."""
+    from ionflow.cli import main
+
+    k = 8.617333262e-5
+    temps = [800.0, 900.0, 1000.0]
+    d = [1e-4 * math.exp(-0.10 / (k * t)) for t in temps]
+    fit = fit_arrhenius(temps, d, [0.6 * x for x in d])
+    assert fit.ea_err_ev is not None and fit.ea_ev < 2 * fit.ea_err_ev
+    assert fit.ea_resolved is False
+    assert fit_arrhenius(temps, d, [0.01 * x for x in d]).ea_resolved is True
+    table = tmp_path / "d.csv"
+    table.write_text(
+        "T,D,D_err\n" + "".join(f"{t},{x},{0.6 * x}\n" for t, x in zip(temps, d, strict=True))
+    )
+    args = ["arrhenius", "--table", str(table), "--number-density-cm3", "2.5e22"]
+    main(args)
+    out = capsys.readouterr().out
+    assert "not quoted" in out and "mS/cm" not in out
+    main([*args, "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ea_resolved"] is False and doc["sigma_at_t_ms_cm"] > 0  # kept, flagged

@@ -34,6 +34,13 @@ class ArrheniusFit(BaseModel):
     weighted: bool = Field(description="True when D errors weighted the fit")
     ea_ev: float = Field(description="Activation energy, eV")
     ea_err_ev: float | None = Field(description="1σ of Ea, eV (None with 2 points unweighted)")
+    ea_resolved: bool | None = Field(
+        None,
+        description=(
+            "Ea > 2σ: only then is an extrapolation (D, σ at at_temperature_k) meaningful; "
+            "None when Ea has no error"
+        ),
+    )
     d0_cm2_s: float = Field(description="Prefactor D0, cm²/s")
     ln_d0_err: float | None = Field(description="1σ of ln D0")
     covariance: list[list[float]] | None = Field(
@@ -179,6 +186,7 @@ def fit_arrhenius(
         weighted=weighted,
         ea_ev=ea,
         ea_err_ev=ea_err,
+        ea_resolved=None if ea_err is None else bool(ea > 2.0 * ea_err),
         d0_cm2_s=math.exp(intercept),
         ln_d0_err=math.sqrt(cov[0, 0]) if cov is not None else None,
         covariance=cov.tolist() if cov is not None else None,

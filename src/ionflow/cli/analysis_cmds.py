@@ -500,7 +500,12 @@ def arrhenius_cmd(
         f"Ea = {fit.ea_ev:.3f} ± {_fmt(fit.ea_err_ev, '.3f')} eV from {fit.n_temperatures} temperatures; "
         f"D0 = {fit.d0_cm2_s:.3g} cm²/s"
     )
-    if fit.sigma_at_t_ms_cm is not None:
+    if fit.ea_resolved is False:
+        typer.echo(
+            f"σ({at_temperature_k:g} K), D({at_temperature_k:g} K): not quoted — Ea is not "
+            "resolved (< 2σ); the extrapolated values are in --json, flagged ea_resolved=false"
+        )
+    elif fit.sigma_at_t_ms_cm is not None:
         typer.echo(
             f"σ({at_temperature_k:g} K) = {fit.sigma_at_t_ms_cm:.3g} mS/cm"
             + (
