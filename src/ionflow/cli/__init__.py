@@ -37,6 +37,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {text}", file=file or sys.stderr)
 
 
+def _safe_text(text: str) -> str:
+    """A message as printed: every line escaped (no raw terminal escape sequence or other
+    control character from the input reaches the terminal) and cut at MAX_MESSAGE_LINE."""
+    from ionflow.errors import MAX_MESSAGE_LINE, printable
+
+    return "\n".join(printable(line, MAX_MESSAGE_LINE) for line in text.split("\n"))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors become one line on stderr and exit 2."""
     import warnings
@@ -48,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(rc, int) and rc:
             raise SystemExit(rc)
     except UserInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_safe_text(str(exc))}", file=sys.stderr)
         raise SystemExit(2) from None
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
@@ -59,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         # usage errors (typer bundles its own click: match by interface, not class)
         if hasattr(exc, "show") and hasattr(exc, "exit_code") and hasattr(exc, "format_message"):
-            exc.show()
+            ctx = getattr(exc, "ctx", None)
+            command = getattr(ctx, "command_path", None) or "ionflow"
+            text = " ".join(str(exc.format_message()).split())
+            print(f"error: {_safe_text(text)} (see `{command} --help`)", file=sys.stderr)
             raise SystemExit(2) from None
         raise
