@@ -36,6 +36,7 @@ from ionflow.results import (
     ensure_indexes,
     fetch_run_analyses,
     find_summary_documents,
+    format_number,
     parse_summary,
     query_summaries,
     summaries_to_csv,
@@ -61,10 +62,16 @@ class MaterialSpec:
     rate_1000k_per_ps: float = 6.0
     temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0)
     # pinned hop rate / free hop rate (one value, or one per temperature); None: no pinned
-    # run. A factor of exactly 1 reuses the free trajectory (z = 0: "no significant change"
-    # whatever the analysis details), so the verdict categories are robust by construction.
+    # run. A factor of exactly 1 reuses the free trajectory (ratio exactly 1): "no
+    # significant change" when both runs' relative errors are below ln 1.5/(1.96·√2) = 0.146
+    # (the 95 % interval of the ratio inside the ±×1.5 margin), else "inconclusive".
     pinned_factor: float | tuple[float, ...] | None = 0.2
     caged_k: tuple[float, ...] = ()  # temperatures whose free run is caged
+    # temperatures whose free run is reported subdiffusive (see _as_subdiffusive)
+    subdiffusive_k: tuple[float, ...] = ()
+    n_mobile: int = 16
+    n_frames: int = 1500
+    frame_fs: float = FRAME_FS
     engine: str = "chgnet"
     pinned_reason: str = "4 PS4 anions pinned (bonded polyanions)"
     seed: int = 0
@@ -75,14 +82,61 @@ def _rate(spec: MaterialSpec, t: float) -> float:
 
 
 def _analyse(spec: MaterialSpec, t: float, rate: float, caged: bool, seed: int):
-    kw = dict(n_frames=1500, n_mobile=16, n_framework=24, frame_interval_fs=FRAME_FS)
+    kw = dict(n_frames=spec.n_frames, n_mobile=spec.n_mobile, n_framework=24)
+    kw.update(frame_interval_fs=spec.frame_fs)
     kw.update(temperature_k=t, seed=seed)
     if caged:
         traj = caged_trajectory(**kw)
     else:
         traj = hopping_trajectory(hop_rate_per_ps=rate, hop_length_a=HOP_A, **kw)
     return analyze_arrays(
-        traj.positions, traj.lattice, traj.species, temperature_k=t, frame_interval_fs=FRAME_FS
+        traj.positions, traj.lattice, traj.species, temperature_k=t, frame_interval_fs=spec.frame_fs
+    )
+
+
+def _as_subdiffusive(a):
+    """The analysis of a run whose MSD bends over the fit window, as the analysis reports it
+    (``regime`` subdiffusive, no D/σ, the early/late local D as evidence).
+
+    Stands in for the analysis' own linearity test so that the results layer is tested on
+    a known regime: local D of 1.6× and 0.7× the fitted D with 8 % errors each.
+    """
+    from ionflow.analysis.diffusion import LocalDiffusivity
+
+    d = a.diffusivity_cm2_s
+    t0, t1 = a.fit_window_ps
+    mid = 0.5 * (t0 + t1)
+    early, late = 1.6 * d, 0.7 * d
+    e_early, e_late = 0.08 * early, 0.08 * late
+    z = (early - late) / math.hypot(e_early, e_late)
+    reason = (
+        f"MSD bends over the fit window: D = {early:.3g} cm²/s on {t0:.3g}–{mid:.3g} ps vs "
+        f"{late:.3g} cm²/s on {mid:.3g}–{t1:.3g} ps (z = {z:.1f})"
+    )
+    none = dict.fromkeys(
+        (
+            "diffusivity_cm2_s", "diffusivity_err_cm2_s", "diffusivity_stat_err_cm2_s",
+            "diffusivity_sys_err_cm2_s", "diffusivity_components_cm2_s",
+            "diffusivity_components_err_cm2_s", "charge_diffusivity_cm2_s",
+            "haven_ratio", "haven_ratio_interval", "conductivity_ms_cm", "conductivity_err_ms_cm",
+            "charge_conductivity_ms_cm", "charge_conductivity_err_ms_cm",
+        )
+    )  # fmt: skip
+    return a.model_copy(
+        update={
+            **none,
+            "regime": "subdiffusive",
+            "regime_reason": reason,
+            "window_z": z,
+            "local_diffusivities": [
+                LocalDiffusivity(
+                    window_ps=(t0, mid), diffusivity_cm2_s=early, diffusivity_err_cm2_s=e_early
+                ),
+                LocalDiffusivity(
+                    window_ps=(mid, t1), diffusivity_cm2_s=late, diffusivity_err_cm2_s=e_late
+                ),
+            ],
+        }
     )
 
 
@@ -101,6 +155,8 @@ def build_material(spec: MaterialSpec) -> tuple[MaterialSummary, tuple[dict, ...
             caged = variant == "free" and t in spec.caged_k
             seed = spec.seed * 100 + (vi if factor != 1.0 else 0) * 10 + ti
             a = _analyse(spec, t, _rate(spec, t) * factor, caged, seed=seed)
+            if variant == "free" and t in spec.subdiffusive_k:
+                a = _as_subdiffusive(a)
             a.source = f"{spec.material}/{variant}_{t:g}K"
             job_uuid = str(
                 uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.campaign}/{spec.material}/{variant}/{t}")
@@ -155,12 +211,14 @@ def build_material(spec: MaterialSpec) -> tuple[MaterialSummary, tuple[dict, ...
     return summary, tuple(outputs)
 
 
-#: A small realistic campaign set: fast/slow conductors, a caged run, no pinned control,
-#: pinning with and without effect, two campaigns and two engines.
+#: A small realistic campaign set: fast/slow conductors, a caged run, a subdiffusive run, no
+#: pinned control, pinning with and without effect, an Ea not resolved from zero (σ(300 K)
+#: not quoted), two campaigns and two engines.
 SPECS = (
     MaterialSpec("alpha", "LPS-beta", "Li3PS4", ea_ev=0.22, seed=1),
+    # 32 ions over 300 ps: relative errors ≈ 0.07 ≪ 0.146, "no significant change" established
     MaterialSpec("alpha", "LGPS", "Li10GeP2S12", ea_ev=0.18, rate_1000k_per_ps=5.0, seed=2,
-                 pinned_factor=1.0),
+                 pinned_factor=1.0, n_mobile=32, n_frames=3000, frame_fs=100.0),
     MaterialSpec("alpha", "LLZO", "Li7La3Zr2O12", ea_ev=0.45, pinned_factor=None, seed=3,
                  pinned_reason="no bonded polyanions (oxide framework)"),
     MaterialSpec("alpha", "Li6PS5Cl", "Li6PS5Cl", ea_ev=0.28, caged_k=(600.0,), seed=4),
@@ -170,6 +228,14 @@ SPECS = (
     # pinning lowers D at 1000 K only: "mixed evidence"
     MaterialSpec("beta", "Li7P3S11", "Li7P3S11", ea_ev=0.18, rate_1000k_per_ps=5.0, seed=7,
                  pinned_factor=(1.0, 1.0, 0.2)),
+    # a tiny Ea over a narrow range: Ea not resolved, σ(300 K) extrapolated but not quoted
+    MaterialSpec("beta", "Li3InCl6", "Li3InCl6", ea_ev=0.02, temperatures_k=(900.0, 950.0, 1000.0),
+                 pinned_factor=None, pinned_reason="no bonded polyanions (halide framework)",
+                 seed=8),
+    # the 600 K free run is subdiffusive: left out of the fit, listed with its reason
+    MaterialSpec("alpha", "Li3YCl6", "Li3YCl6", ea_ev=0.35, subdiffusive_k=(600.0,),
+                 pinned_factor=None, pinned_reason="no bonded polyanions (halide framework)",
+                 seed=9),
 )  # fmt: skip
 
 
@@ -208,6 +274,25 @@ def keys(summaries) -> list[tuple[str, str]]:
     return [(s.campaign, s.material) for s in summaries]
 
 
+def resolved_fit(s):
+    """The free Arrhenius fit when its Ea is resolved (Ea > 2σ_Ea), else None."""
+    fit = s.free.arrhenius
+    if fit is None or fit.ea_err_ev is None or not fit.ea_ev > 2 * fit.ea_err_ev:
+        return None
+    return fit
+
+
+def quoted_sigma(s) -> float | None:
+    """σ(300 K) as a query should see it: the fit's extrapolation, only when Ea is resolved."""
+    fit = resolved_fit(s)
+    return fit.sigma_at_t_ms_cm if fit is not None else None
+
+
+def field_value(s, field: str):
+    """A summary's value of a sort field, σ(300 K) from :func:`quoted_sigma`."""
+    return quoted_sigma(s) if field == "sigma_300k_ms_cm" else getattr(s, field)
+
+
 # ----------------------------------------------------------------------------- the data
 
 
@@ -217,11 +302,24 @@ def test_synthetic_materials_are_realistic():
     assert lps.formula == "Li3PS4" and lps.chemsys == "Li-P-S" and lps.elements == ["Li", "P", "S"]
     assert lps.regimes == ["diffusive"] * 3
     assert lps.ea_ev == pytest.approx(0.22, abs=0.1)  # recovered from the synthetic rates
+    assert lps.ea_resolved is True and lps.ea_ev > 2 * lps.ea_err_ev
     lo, hi = lps.free.sigma_300k_interval_ms_cm
     assert lo < lps.sigma_300k_ms_cm < hi
     assert verdict_category(lps.pinned_verdict) == "lowers"
     assert verdict_category(by[("alpha", "LLZO")].pinned_verdict) == "none"
-    assert verdict_category(by[("alpha", "LGPS")].pinned_verdict) == "no significant"
+    lgps = by[("alpha", "LGPS")]
+    assert verdict_category(lgps.pinned_verdict) == "no significant"
+    # ... because at every temperature the 95 % interval of D_free/D_pinned, computed here
+    # from the runs' D and errors, lies inside the ×1.5 equivalence margin
+    pinned_by_t = {r.temperature_k: r for r in lgps.pinned.runs}
+    for r in lgps.free.runs:
+        p = pinned_by_t[r.temperature_k]
+        s_ln = math.hypot(
+            r.diffusivity_err_cm2_s / r.diffusivity_cm2_s,
+            p.diffusivity_err_cm2_s / p.diffusivity_cm2_s,
+        )
+        ln_r = math.log(r.diffusivity_cm2_s / p.diffusivity_cm2_s)
+        assert 1 / 1.5 <= math.exp(ln_r - 1.96 * s_ln) and math.exp(ln_r + 1.96 * s_ln) <= 1.5
     assert verdict_category(by[("beta", "Li7P3S11")].pinned_verdict) == "mixed"
     assert verdict_category(by[("beta", "Li3PO4")].pinned_verdict) == "inconclusive"
     assert by[("alpha", "LLZO")].pinned is None
@@ -229,9 +327,33 @@ def test_synthetic_materials_are_realistic():
     nocond = by[("beta", "Li3PO4")]
     assert nocond.sigma_300k_ms_cm is None and nocond.ea_ev is None
     assert nocond.free.arrhenius is None and "at least 2 temperatures" in nocond.free.arrhenius_note
-    # the indexed flat fields mirror the nested ones
+    assert nocond.ea_resolved is None
+    # Ea not resolved: the extrapolation stays in the nested fit (flagged), not in the flat
+    # query fields, and a note says why
+    flat = by[("beta", "Li3InCl6")]
+    fit = flat.free.arrhenius
+    assert fit is not None and abs(fit.ea_ev) <= 2 * fit.ea_err_ev
+    assert flat.ea_resolved is False and flat.free.ea_resolved is False
+    assert flat.free.sigma_300k_ms_cm == fit.sigma_at_t_ms_cm is not None
+    assert flat.sigma_300k_ms_cm is None
+    assert flat.sigma_300k_low_ms_cm is None and flat.sigma_300k_high_ms_cm is None
+    assert flat.ea_ev == fit.ea_ev  # Ea itself stays queryable
+    note = f"σ(300 K) not quoted: Ea not resolved ({fit.ea_ev:.2f} ± {fit.ea_err_ev:.2f} eV)"
+    assert note in flat.notes
+    assert flat.sigma_basis.startswith("tracer")
+    # a subdiffusive run: no D, left out of the fit, its reason kept
+    sub = by[("alpha", "Li3YCl6")]
+    assert sub.regimes[0] == "subdiffusive" and sub.free.runs[0].temperature_k == 600.0
+    r600 = sub.free.runs[0]
+    assert r600.diffusivity_cm2_s is None and r600.conductivity_ms_cm is None
+    assert r600.regime_reason.startswith("MSD bends over the fit window")
+    assert r600.window_z == pytest.approx((1.6 - 0.7) / math.hypot(0.08 * 1.6, 0.08 * 0.7))
+    assert 600.0 not in sub.free.arrhenius.temperatures_k
+    # the indexed flat fields mirror the nested ones (σ(300 K) only when Ea is resolved)
     for s in by.values():
-        assert s.sigma_300k_ms_cm == s.free.sigma_300k_ms_cm
+        assert s.sigma_300k_ms_cm == quoted_sigma(s)
+        if resolved_fit(s) is not None:
+            assert s.sigma_300k_ms_cm == s.free.sigma_300k_ms_cm
         assert s.regimes == [r.regime for r in s.free.runs]
 
 
@@ -277,7 +399,10 @@ def test_build_filter_normalises_inputs():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"regime": "liquid"}, "regime must be one of diffusive, caged, insufficient"),
+        (
+            {"regime": "liquid"},
+            "regime must be one of diffusive, subdiffusive, caged, insufficient",
+        ),
         ({"sigma_min_ms_cm": 2.0, "sigma_max_ms_cm": 1.0}, "min 2 > max 1"),
         ({"ea_min_ev": float("nan")}, "finite"),
         ({"formula": "Xx9!"}, "cannot parse"),
@@ -309,11 +434,13 @@ TRUTH_CASES = [
     ({"elements": ["Li", "S"]}, lambda s: {"Li", "S"} <= set(s.elements)),
     ({"elements": "O"}, lambda s: "O" in s.elements),
     ({"engine": "mace"}, lambda s: s.engine_md == "mace"),
-    ({"sigma_min_ms_cm": 10.0}, lambda s: s.sigma_300k_ms_cm is not None and s.sigma_300k_ms_cm >= 10),
-    ({"sigma_max_ms_cm": 10.0}, lambda s: s.sigma_300k_ms_cm is not None and s.sigma_300k_ms_cm <= 10),
+    ({"sigma_min_ms_cm": 10.0}, lambda s: quoted_sigma(s) is not None and quoted_sigma(s) >= 10),
+    ({"sigma_max_ms_cm": 10.0}, lambda s: quoted_sigma(s) is not None and quoted_sigma(s) <= 10),
+    ({"sigma_min_ms_cm": 0.0}, lambda s: quoted_sigma(s) is not None),
     ({"ea_max_ev": 0.25}, lambda s: s.ea_ev is not None and s.ea_ev <= 0.25),
     ({"ea_min_ev": 0.25, "ea_max_ev": 0.37}, lambda s: s.ea_ev is not None and 0.25 <= s.ea_ev <= 0.37),
     ({"regime": "caged"}, lambda s: "caged" in s.regimes),
+    ({"regime": "subdiffusive"}, lambda s: "subdiffusive" in [r.regime for r in s.free.runs]),
     ({"pinned_verdict": "lowers"}, lambda s: s.pinned_verdict.startswith("pinning lowers")),
     ({"pinned_verdict": "no significant"}, lambda s: s.pinned_verdict.startswith("no significant")),
     ({"pinned_verdict": "mixed"}, lambda s: s.pinned_verdict.endswith("mixed evidence")),
@@ -327,10 +454,10 @@ TRUTH_CASES = [
 
 def _expected(pred, sort="sigma_300k_ms_cm", descending=True):
     chosen = [s for s, _ in all_materials() if pred(s)]
-    with_value = [s for s in chosen if getattr(s, sort) is not None]
-    without = [s for s in chosen if getattr(s, sort) is None]
+    with_value = [s for s in chosen if field_value(s, sort) is not None]
+    without = [s for s in chosen if field_value(s, sort) is None]
     with_value.sort(key=lambda s: (s.campaign, s.material))
-    with_value.sort(key=lambda s: getattr(s, sort), reverse=descending)  # stable
+    with_value.sort(key=lambda s: field_value(s, sort), reverse=descending)  # stable
     without.sort(key=lambda s: (s.campaign, s.material))
     return keys(with_value + without)
 
@@ -358,7 +485,7 @@ def test_sorting_nulls_last_and_limit(mdb, sort, descending):
     top = query_summaries(mdb, sort=sort, descending=descending, limit=2)
     assert keys(top) == keys(got)[:2]
     # a limit reaching into the null tail
-    n_values = sum(getattr(s, sort) is not None for s in got)
+    n_values = sum(field_value(s, sort) is not None for s in got)
     tail = query_summaries(mdb, sort=sort, descending=descending, limit=n_values + 1)
     assert keys(tail) == keys(got)[: n_values + 1]
 
@@ -398,6 +525,91 @@ def test_schema_version_check(mdb):
     assert keys(query_summaries(mdb, campaign="beta")) == beta  # unaffected when not matched
 
 
+def _as_schema_1_0(doc: dict) -> dict:
+    """A summary document as ionflow 1.0 stored it: ``haven_ratio_err`` on the runs, none
+    of the 1.1 fields (σ basis, Ea resolution, error split, charge bounds, ratio intervals),
+    and σ(300 K) in the flat fields whatever Ea's resolution."""
+    old = {k: v for k, v in doc.items() if k not in ("sigma_basis", "ea_resolved")}
+    old["schema_version"] = "1.0"
+    new_run_fields = (
+        "diffusivity_stat_err_cm2_s", "diffusivity_sys_err_cm2_s", "window_z",
+        "charge_diffusivity_cm2_s", "charge_diffusivity_err_cm2_s",
+        "charge_diffusivity_upper_cm2_s", "charge_conductivity_ms_cm",
+        "charge_conductivity_err_ms_cm", "haven_ratio_interval",
+    )  # fmt: skip
+    for key in ("free", "pinned"):
+        v = old.get(key)
+        if v is None:
+            continue
+        v = old[key] = {k: x for k, x in v.items() if k != "ea_resolved"}
+        v["runs"] = [
+            {**{k: x for k, x in r.items() if k not in new_run_fields}, "haven_ratio_err": 0.1}
+            for r in v["runs"]
+        ]
+    old["comparisons"] = [
+        {k: x for k, x in c.items() if k not in ("ratio_interval", "ratio_interval95")}
+        for c in old["comparisons"]
+    ]
+    iv = (old["free"] or {}).get("sigma_300k_interval_ms_cm")
+    old["sigma_300k_ms_cm"] = old["free"].get("sigma_300k_ms_cm")
+    old["sigma_300k_low_ms_cm"], old["sigma_300k_high_ms_cm"] = iv or (None, None)
+    return old
+
+
+def test_schema_1_0_documents_still_parse():
+    """Stored summaries of schema 1.0 validate (``haven_ratio_err`` ignored, new fields
+    None) and are displayed by the 1.1 rules (σ(300 K) only with a resolved Ea)."""
+    from ionflow.results import sigma_300k_quoted, summary_row
+    from ionflow.summary import SCHEMA_VERSION
+
+    assert SCHEMA_VERSION == "1.1"
+    by = {(s.campaign, s.material): s for s, _ in all_materials()}
+    db = mongomock.MongoClient()["ionflow"]
+    for key in (("alpha", "LPS-beta"), ("beta", "Li3InCl6")):
+        db[SUMMARY_COLLECTION].insert_one(_as_schema_1_0(by[key].model_dump(mode="json")))
+    raw = db[SUMMARY_COLLECTION].find_one({"material": "LPS-beta"})
+    assert raw["free"]["runs"][0]["haven_ratio_err"] == 0.1
+    assert "haven_ratio_interval" not in raw["free"]["runs"][0]
+    got = {s.material: s for s in query_summaries(db)}
+    lps = got["LPS-beta"]
+    assert lps.schema_version == "1.0"
+    assert lps.sigma_basis == "tracer: Nernst–Einstein from D* (H_R = 1 assumed)"
+    assert lps.ea_resolved is None and lps.free.ea_resolved is None
+    for r in lps.free.runs:
+        assert not hasattr(r, "haven_ratio_err")
+        assert r.haven_ratio_interval is None and r.diffusivity_stat_err_cm2_s is None
+        assert r.charge_diffusivity_upper_cm2_s is None
+    assert all(c.ratio_interval is None and c.ratio is not None for c in lps.comparisons)
+    # Ea resolution computed from Ea and its error where the document does not say
+    assert sigma_300k_quoted(lps) is (lps.ea_ev > 2 * lps.ea_err_ev) is True
+    flat = got["Li3InCl6"]
+    assert flat.sigma_300k_ms_cm is not None  # 1.0 put the unresolved extrapolation here …
+    assert not sigma_300k_quoted(flat)  # … 1.1 does not show it
+    row = summary_row(flat)
+    assert row["sigma_300k_ms_cm"] is None and row["sigma_300k_note"] == "Ea not resolved"
+
+
+def test_subdiffusive_and_unresolved_sigma_queries(mdb):
+    """--regime subdiffusive finds the material; an Ea not resolved keeps σ(300 K) out of
+    bounds and sorts (server and columnar paths: the ``mdb`` fixture)."""
+    sub = [s for s, _ in all_materials() if "subdiffusive" in [r.regime for r in s.free.runs]]
+    assert keys(sub) == [("alpha", "Li3YCl6")]
+    assert keys(query_summaries(mdb, regime="subdiffusive")) == keys(sub)
+    assert keys(query_summaries(mdb, regime="Subdiffusive", campaign="beta")) == []
+    unresolved = ("beta", "Li3InCl6")
+    by = {(m.campaign, m.material): m for m, _ in all_materials()}
+    extrapolated = by[unresolved].free.sigma_300k_ms_cm
+    assert extrapolated is not None  # an extrapolation exists (flagged) …
+    window = {"sigma_min_ms_cm": extrapolated / 2, "sigma_max_ms_cm": extrapolated * 2}
+    assert unresolved not in keys(query_summaries(mdb, **window))  # … but no bound sees it
+    assert unresolved not in keys(query_summaries(mdb, sigma_min_ms_cm=0.0))
+    for descending in (True, False):
+        ordered = keys(query_summaries(mdb, sort="sigma", descending=descending))
+        tail = [k for k in ordered if quoted_sigma(by[k]) is None]
+        assert unresolved in tail
+        assert ordered[-len(tail) :] == tail  # the unquoted come last, either direction
+
+
 # ----------------------------------------------------------------------------- indexes
 
 
@@ -433,13 +645,25 @@ def test_csv_and_json_round_trip(mdb):
         assert row["formula"] == s.formula
         assert row["elements"].split(";") == s.elements
         assert row["regimes"].split(";") == s.regimes
-        if s.sigma_300k_ms_cm is None:
+        fit = resolved_fit(s)
+        if s.free.arrhenius is None:
             assert row["sigma_300k_ms_cm"] == "" and row["ea_ev"] == ""
+            assert row["ea_resolved"] == "" and row["sigma_300k_note"] == ""
+        elif fit is None:  # Ea not resolved: no σ(300 K) nor its intervals, and why
+            assert float(row["ea_ev"]) == s.free.arrhenius.ea_ev
+            assert row["ea_resolved"] == "False" and row["sigma_300k_note"] == "Ea not resolved"
+            for col in CSV_COLUMNS:
+                if col.startswith("sigma_300k_") and col != "sigma_300k_note":
+                    assert row[col] == "", col
         else:
-            assert float(row["sigma_300k_ms_cm"]) == s.sigma_300k_ms_cm  # full precision
+            assert float(row["sigma_300k_ms_cm"]) == fit.sigma_at_t_ms_cm  # full precision
             assert float(row["sigma_300k_low95_ms_cm"]) < s.sigma_300k_low_ms_cm
+            assert row["ea_resolved"] == "True" and row["sigma_300k_note"] == ""
+        assert row["sigma_basis"] == "tracer: Nernst–Einstein from D* (H_R = 1 assumed)"
         assert row["pinned_verdict_category"] == verdict_category(s.pinned_verdict)
         assert int(row["n_diffusive_runs"]) == s.regimes.count("diffusive")
+        n_sub = sum(r.regime == "subdiffusive" for r in s.free.runs)
+        assert int(row["n_subdiffusive_runs"]) == n_sub
     buf = io.StringIO()
     assert summaries_to_json(got, buf) == len(SPECS)
     back = [MaterialSummary.model_validate(d) for d in json.loads(buf.getvalue())]
@@ -510,10 +734,26 @@ def test_cli_query_formats(patched_db, capsys, monkeypatch):
     )
     code, out, _ = run_cli(["query", "--sigma-min-ms-cm", "0", "--limit", "2"], capsys)
     assert code == 0
-    top = _expected(lambda s: s.sigma_300k_ms_cm is not None)[:2]
+    top = _expected(lambda s: quoted_sigma(s) is not None)[:2]
     for _, material in top:
         assert material in out
     assert "Ea (eV)" in out and "σ(300 K)" in out and "2 material(s)" in out
+
+
+def test_cli_query_table_subdiffusive_and_unresolved(patched_db, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    code, out, err = run_cli(["query", "--regime", "subdiffusive"], capsys)
+    assert code == 0, err
+    sub = next(s for s, _ in all_materials() if s.material == "Li3YCl6")
+    reason = sub.free.runs[0].regime_reason
+    assert "1 material(s)" in out and "Li3YCl6" in out and "subdiffusive 600 K" in out
+    assert f"• Li3YCl6 (alpha) free 600 K subdiffusive: {reason}" in " ".join(out.split())
+    assert "σ quoted: tracer: Nernst–Einstein from D* (H_R = 1 assumed)" in out
+    code, out, err = run_cli(["query", "--formula", "Li3InCl6"], capsys)
+    assert code == 0, err
+    assert "— (Ea not resolved)" in out
+    nested = next(s for s, _ in all_materials() if s.material == "Li3InCl6").free
+    assert format_number(nested.sigma_300k_ms_cm) not in out
 
 
 def test_cli_query_errors(patched_db, capsys):
@@ -603,7 +843,7 @@ def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys)
             for desc in (True, False):
                 want = _expected(lambda s: True, sort, desc)
                 assert keys(query_summaries(db, sort=sort, descending=desc)) == want
-                n_values = sum(getattr(s, sort) is not None for s, _ in all_materials())
+                n_values = sum(field_value(s, sort) is not None for s, _ in all_materials())
                 for limit in (2, n_values + 1):
                     got = query_summaries(db, sort=sort, descending=desc, limit=limit)
                     assert keys(got) == want[:limit], (sort, desc, limit)

@@ -37,7 +37,7 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ionflow.errors import UserInputError
-from ionflow.summary import SCHEMA_VERSION, SUMMARY_COLLECTION, MaterialSummary
+from ionflow.summary import SCHEMA_VERSION, SUMMARY_COLLECTION, MaterialSummary, VariantSummary
 
 if TYPE_CHECKING:
     from ionflow.analysis import DiffusionAnalysis
@@ -63,6 +63,9 @@ __all__ = [
     "find_summary_documents",
     "format_number",
     "regimes_text",
+    "ea_resolved",
+    "sigma_300k_note",
+    "sigma_300k_quoted",
     "known_campaigns",
     "load_summaries",
     "open_database",
@@ -126,15 +129,17 @@ _NULLABLE_SORT_FIELDS = {
     "pinned_ea_ev",
 }
 
-REGIMES = ("diffusive", "caged", "insufficient")
+REGIMES = ("diffusive", "subdiffusive", "caged", "insufficient")
 
 #: ``pinned_verdict`` categories → regular expression on the verdict text (see
 #: :func:`ionflow.summary.overall_verdict`). ``lowers`` includes the mixed verdicts
-#: ("pinning lowers diffusion at 1 of 3 temperatures: mixed evidence"); any other value
-#: is a case-insensitive substring.
+#: ("pinning lowers diffusion at 1 of 3 temperatures: mixed evidence"); ``raises``: raised
+#: at some temperature and lowered at none; ``inconclusive`` includes runs too short to
+#: exclude an effect; any other value is a case-insensitive substring.
 VERDICT_CATEGORIES = {
     "lowers": "^pinning lowers",
     "mixed": "mixed evidence",
+    "raises": "^pinning raises",
     "no significant": "^no significant",
     "none": "^no pinned control",
     "inconclusive": "^inconclusive",
@@ -144,6 +149,7 @@ VERDICT_CATEGORIES = {
 #: Categories that are a prefix of the verdict (see :func:`ionflow.summary.overall_verdict`).
 _VERDICT_PREFIXES = {
     "lowers": "pinning lowers",
+    "raises": "pinning raises",
     "no significant": "no significant",
     "none": "no pinned control",
     "inconclusive": "inconclusive",
@@ -563,7 +569,7 @@ def verdict_category(verdict: str) -> str:
     """
     if re.search(VERDICT_CATEGORIES["mixed"], verdict):
         return "mixed"
-    for name in ("lowers", "no significant", "none", "inconclusive"):
+    for name in ("lowers", "raises", "no significant", "none", "inconclusive"):
         if re.search(VERDICT_CATEGORIES[name], verdict):
             return name
     return "other"
@@ -710,13 +716,14 @@ def query_summaries(
         MD engine (``engine_md``), e.g. ``chgnet``.
     sigma_min_ms_cm, sigma_max_ms_cm
         Bounds (inclusive) on the free-variant σ(300 K) extrapolation, mS/cm. Materials
-        without an extrapolation never match a bound.
+        without a quoted extrapolation (no fit, or Ea not resolved) never match a bound.
     ea_min_ev, ea_max_ev
         Bounds (inclusive) on the free-variant activation energy, eV.
     regime
-        ``diffusive`` | ``caged`` | ``insufficient``: at least one free run has it.
+        ``diffusive`` | ``subdiffusive`` | ``caged`` | ``insufficient``: at least one free
+        run has it.
     pinned_verdict
-        A category of :data:`VERDICT_CATEGORIES` (``lowers``, ``mixed``,
+        A category of :data:`VERDICT_CATEGORIES` (``lowers``, ``mixed``, ``raises``,
         ``no significant``, ``none``, ``inconclusive``) or a case-insensitive substring
         of the overall free-vs-pinned verdict.
     sort
@@ -788,6 +795,31 @@ def format_number(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits - 1}e}"
 
 
+def ea_resolved(summary: MaterialSummary | VariantSummary) -> bool | None:
+    """Whether the Ea of a summary (or variant) is resolved (Ea > 2σ); None without Ea.
+
+    Summaries of schema 1.0 have no ``ea_resolved``: it is computed from Ea and its error.
+    """
+    if summary.ea_resolved is not None:
+        return summary.ea_resolved
+    from ionflow.summary import ea_is_resolved
+
+    return ea_is_resolved(summary.ea_ev, summary.ea_err_ev)
+
+
+def sigma_300k_quoted(summary: MaterialSummary | VariantSummary) -> bool:
+    """σ(300 K) is shown: an extrapolation exists and Ea is resolved."""
+    return summary.sigma_300k_ms_cm is not None and ea_resolved(summary) is True
+
+
+def sigma_300k_note(summary: MaterialSummary | VariantSummary) -> str | None:
+    """``"Ea not resolved"`` when a σ(300 K) extrapolation exists but is not quoted."""
+    v = summary.free if isinstance(summary, MaterialSummary) else summary
+    if v.sigma_300k_ms_cm is not None and ea_resolved(summary) is False:
+        return "Ea not resolved"
+    return None
+
+
 def regimes_text(summary: MaterialSummary) -> str:
     """Free-run regimes grouped by regime: ``caged 600 K; diffusive 800, 1000 K``."""
     groups: dict[str, list[float]] = {}
@@ -816,15 +848,19 @@ CSV_COLUMNS = (
     "n_atoms_supercell",
     "ea_ev",
     "ea_err_ev",
+    "ea_resolved",
     "sigma_300k_ms_cm",
     "sigma_300k_low_ms_cm",
     "sigma_300k_high_ms_cm",
     "sigma_300k_low95_ms_cm",
     "sigma_300k_high95_ms_cm",
+    "sigma_300k_note",
+    "sigma_basis",
     "arrhenius_n_temperatures",
     "arrhenius_note",
     "regimes",
     "n_diffusive_runs",
+    "n_subdiffusive_runs",
     "pinned_ea_ev",
     "pinned_ea_err_ev",
     "pinned_sigma_300k_ms_cm",
@@ -839,8 +875,12 @@ CSV_COLUMNS = (
 
 
 def summary_row(s: MaterialSummary) -> dict[str, Any]:
-    """One flat row of :data:`CSV_COLUMNS` (lists joined with ``;``; None → empty)."""
-    iv95 = s.free.sigma_300k_interval95_ms_cm
+    """One flat row of :data:`CSV_COLUMNS` (lists joined with ``;``; None → empty).
+
+    σ(300 K) and its intervals only when Ea is resolved (``sigma_300k_note`` says why not).
+    """
+    quoted = sigma_300k_quoted(s)
+    iv95 = s.free.sigma_300k_interval95_ms_cm if quoted else None
     fit = s.free.arrhenius
     p = s.pinned
     row = {
@@ -856,18 +896,22 @@ def summary_row(s: MaterialSummary) -> dict[str, Any]:
         "n_atoms_supercell": s.n_atoms_supercell,
         "ea_ev": s.ea_ev,
         "ea_err_ev": s.ea_err_ev,
-        "sigma_300k_ms_cm": s.sigma_300k_ms_cm,
-        "sigma_300k_low_ms_cm": s.sigma_300k_low_ms_cm,
-        "sigma_300k_high_ms_cm": s.sigma_300k_high_ms_cm,
+        "ea_resolved": ea_resolved(s),
+        "sigma_300k_ms_cm": s.sigma_300k_ms_cm if quoted else None,
+        "sigma_300k_low_ms_cm": s.sigma_300k_low_ms_cm if quoted else None,
+        "sigma_300k_high_ms_cm": s.sigma_300k_high_ms_cm if quoted else None,
         "sigma_300k_low95_ms_cm": iv95[0] if iv95 else None,
         "sigma_300k_high95_ms_cm": iv95[1] if iv95 else None,
+        "sigma_300k_note": sigma_300k_note(s),
+        "sigma_basis": s.sigma_basis,
         "arrhenius_n_temperatures": fit.n_temperatures if fit else 0,
         "arrhenius_note": s.free.arrhenius_note,
         "regimes": ";".join(s.regimes),
         "n_diffusive_runs": sum(r == "diffusive" for r in s.regimes),
+        "n_subdiffusive_runs": sum(r == "subdiffusive" for r in s.regimes),
         "pinned_ea_ev": s.pinned_ea_ev,
         "pinned_ea_err_ev": p.ea_err_ev if p else None,
-        "pinned_sigma_300k_ms_cm": p.sigma_300k_ms_cm if p else None,
+        "pinned_sigma_300k_ms_cm": p.sigma_300k_ms_cm if p and sigma_300k_quoted(p) else None,
         "pinned_verdict": s.pinned_verdict,
         "pinned_verdict_category": verdict_category(s.pinned_verdict),
         "pinned_reason": s.pinned_reason,

@@ -4,15 +4,36 @@ Pure code: built from :class:`~ionflow.analysis.DiffusionAnalysis` and
 :class:`~ionflow.analysis.ArrheniusFit` objects, no jobflow or database imports. The
 campaign's summary job stores one :class:`MaterialSummary` per (campaign, material).
 
+Which σ is quoted
+-----------------
+Run σ (``conductivity_ms_cm``) and σ(300 K) are *tracer-based*: Nernst–Einstein from D*,
+which assumes a Haven ratio of 1 (:data:`SIGMA_BASIS`, stored as ``sigma_basis``); the
+Arrhenius fit is of D*. σ from the charge diffusivity D_σ (``charge_conductivity_ms_cm``)
+is given per run only when D_σ is resolved. σ(300 K) is an extrapolation along the fitted
+Ea: when Ea is not resolved (Ea ≤ 2σ_Ea, ``ea_resolved`` False) the extrapolation stays in
+``free.arrhenius`` / ``free.sigma_300k_*`` (flagged by ``free.ea_resolved``) but the flat
+query fields ``sigma_300k_*`` are None, so queries and sorts only see resolved values.
+
 Free vs pinned comparison
 -------------------------
-At each temperature with a diffusive free *and* pinned run, the ratio
-R = D_free / D_pinned is reported with its 1σ error (relative errors added in
-quadrature) and the paired z-score z = (D_free − D_pinned)/√(σ_free² + σ_pinned²).
-|z| ≥ 2 → the difference is significant at ~95 %: "pinning lowers D" (polyanion motion
-assists Li transport) or "pinning raises D"; otherwise "no significant change"
-(rotation is not what drives diffusion). A pinned run that is caged where the free run
-diffuses counts as "pinning suppresses diffusion".
+At each temperature with a diffusive free *and* pinned run, the ratio R = D_free/D_pinned
+is judged on ln R, whose 1σ is σ_lnR = √((σ_free/D_free)² + (σ_pinned/D_pinned)²); the
+68 % and 95 % intervals of R are exp(ln R ± z·σ_lnR) with z = 1 and 1.96, and the z-score
+is ln R/σ_lnR. With the equivalence margin :data:`EQUIVALENCE_MARGIN` = [0.67, 1.5]:
+
+* 95 % interval above 1 (z ≥ 1.96): "pinning lowers D" (polyanion motion assists
+  transport); below 1: "pinning raises D";
+* 95 % interval inside the margin: "no significant change" — the runs exclude an effect
+  of pinning larger than ×1.5 either way;
+* otherwise "inconclusive": neither a change nor its absence is established, the runs are
+  too short (the text gives the smallest change they could detect, exp(1.96·σ_lnR)).
+
+A pinned run that is caged where the free run diffuses counts as "pinning suppresses
+diffusion". Over all temperatures (:func:`overall_verdict`): "no significant effect ...
+rotation not required" only when *every* compared temperature says no change; lowered at
+every temperature → "pinning lowers Li diffusion at all ..."; lowered at some →
+"... mixed evidence"; raised at some, lowered at none → "pinning raises ..."; otherwise
+"inconclusive: ..." with how many temperatures could not exclude a 2× effect.
 """
 
 from __future__ import annotations
@@ -25,22 +46,68 @@ from pydantic import BaseModel, Field
 from ionflow import __version__
 from ionflow.analysis import ArrheniusFit, DiffusionAnalysis
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+#: What σ (run σ and σ(300 K)) is based on: the campaign quotes the tracer-based value.
+SIGMA_BASIS = "tracer: Nernst–Einstein from D* (H_R = 1 assumed)"
+#: Equivalence margin of D_free/D_pinned: "no change" only when the 95 % interval of the
+#: ratio lies inside it (an effect of pinning beyond ×1.5 either way is excluded).
+EQUIVALENCE_MARGIN = (1 / 1.5, 1.5)
+#: Normal quantiles of the 68 % and 95 % two-sided intervals.
+Z68, Z95 = 1.0, 1.959964
+#: The change the overall "inconclusive" verdict counts as not excluded (×2 either way).
+DETECT_FACTOR = 2.0
 
 
 class RunSummary(BaseModel):
-    """One MD run (material, temperature, variant) in brief."""
+    """One MD run (material, temperature, variant) in brief.
+
+    Documents of schema 1.0 (with ``haven_ratio_err``, without the charge and error-split
+    fields) still validate: unknown fields are ignored, the new ones default to None.
+    """
 
     temperature_k: float = Field(description="Temperature, K")
     variant: Literal["free", "pinned"] = Field(description="free or pinned-anion control")
-    regime: str = Field(description="diffusive | caged | insufficient")
+    regime: str = Field(description="diffusive | subdiffusive | caged | insufficient")
     regime_reason: str = Field(description="Why")
-    diffusivity_cm2_s: float | None = Field(None, description="Tracer D, cm²/s")
-    diffusivity_err_cm2_s: float | None = Field(None, description="1σ of D, cm²/s")
-    conductivity_ms_cm: float | None = Field(None, description="σ, mS/cm")
+    diffusivity_cm2_s: float | None = Field(None, description="Tracer D*, cm²/s")
+    diffusivity_err_cm2_s: float | None = Field(
+        None, description="1σ total of D*: statistical ⊕ window-systematic, cm²/s"
+    )
+    diffusivity_stat_err_cm2_s: float | None = Field(
+        None, description="Statistical part of the D* error (1σ), cm²/s"
+    )
+    diffusivity_sys_err_cm2_s: float | None = Field(
+        None, description="Window-dependence (systematic) part of the D* error, cm²/s"
+    )
+    window_z: float | None = Field(
+        None, description="(D_early − D_late)/σ over the two halves of the fit window"
+    )
+    conductivity_ms_cm: float | None = Field(
+        None, description="Tracer-based σ: Nernst–Einstein from D* (H_R = 1 assumed), mS/cm"
+    )
     conductivity_err_ms_cm: float | None = Field(None, description="1σ of σ, mS/cm")
-    haven_ratio: float | None = Field(None, description="Haven ratio")
-    haven_ratio_err: float | None = Field(None, description="1σ of Haven ratio")
+    charge_diffusivity_cm2_s: float | None = Field(
+        None, description="Charge diffusivity D_σ, cm²/s (only when resolved, > 2σ from 0)"
+    )
+    charge_diffusivity_err_cm2_s: float | None = Field(
+        None, description="1σ of the D_σ estimate (also when not resolved), cm²/s"
+    )
+    charge_diffusivity_upper_cm2_s: float | None = Field(
+        None, description="95 % upper bound on D_σ when it is not resolved, cm²/s"
+    )
+    charge_conductivity_ms_cm: float | None = Field(
+        None, description="σ from D_σ (Nernst–Einstein), mS/cm (only when D_σ is resolved)"
+    )
+    charge_conductivity_err_ms_cm: float | None = Field(
+        None, description="1σ of the σ from D_σ, mS/cm"
+    )
+    haven_ratio: float | None = Field(
+        None, description="Haven ratio D*/D_σ (only when both are resolved)"
+    )
+    haven_ratio_interval: tuple[float, float] | None = Field(
+        None, description="68 % interval of the Haven ratio (asymmetric)"
+    )
     n_eff_hops: float = Field(description="Hop equivalents (He et al.)")
     duration_ps: float = Field(description="Analysed duration, ps")
     fit_window_ps: tuple[float, float] = Field(description="Fit window, ps")
@@ -56,10 +123,18 @@ class RunSummary(BaseModel):
             regime_reason=a.regime_reason,
             diffusivity_cm2_s=a.diffusivity_cm2_s,
             diffusivity_err_cm2_s=a.diffusivity_err_cm2_s,
+            diffusivity_stat_err_cm2_s=a.diffusivity_stat_err_cm2_s,
+            diffusivity_sys_err_cm2_s=a.diffusivity_sys_err_cm2_s,
+            window_z=a.window_z,
             conductivity_ms_cm=a.conductivity_ms_cm,
             conductivity_err_ms_cm=a.conductivity_err_ms_cm,
+            charge_diffusivity_cm2_s=a.charge_diffusivity_cm2_s,
+            charge_diffusivity_err_cm2_s=a.charge_diffusivity_err_cm2_s,
+            charge_diffusivity_upper_cm2_s=a.charge_diffusivity_upper_cm2_s,
+            charge_conductivity_ms_cm=a.charge_conductivity_ms_cm,
+            charge_conductivity_err_ms_cm=a.charge_conductivity_err_ms_cm,
             haven_ratio=a.haven_ratio,
-            haven_ratio_err=None,
+            haven_ratio_interval=a.haven_ratio_interval,
             n_eff_hops=a.n_eff_hops,
             duration_ps=a.duration_ps,
             fit_window_ps=a.fit_window_ps,
@@ -76,7 +151,12 @@ class VariantSummary(BaseModel):
     arrhenius_note: str | None = Field(None, description="Why there is no fit, or caveats")
     ea_ev: float | None = Field(None, description="Activation energy, eV")
     ea_err_ev: float | None = Field(None, description="1σ of Ea, eV")
-    sigma_300k_ms_cm: float | None = Field(None, description="σ extrapolated to 300 K, mS/cm")
+    ea_resolved: bool | None = Field(
+        None, description="Ea > 2σ_Ea (None without a fit); σ(300 K) is quoted only if True"
+    )
+    sigma_300k_ms_cm: float | None = Field(
+        None, description="σ extrapolated to 300 K (tracer-based), mS/cm; see ea_resolved"
+    )
     sigma_300k_interval_ms_cm: tuple[float, float] | None = Field(
         None, description="68 % interval of σ(300 K), mS/cm"
     )
@@ -86,12 +166,20 @@ class VariantSummary(BaseModel):
 
 
 class PinnedComparison(BaseModel):
-    """Free vs pinned at one temperature."""
+    """Free vs pinned at one temperature (see the module docstring for the rule)."""
 
     temperature_k: float
     ratio: float | None = Field(None, description="D_free / D_pinned")
-    ratio_err: float | None = Field(None, description="1σ of the ratio")
-    z_score: float | None = Field(None, description="(D_free − D_pinned)/combined σ")
+    ratio_err: float | None = Field(None, description="1σ of the ratio (R·σ_lnR)")
+    ratio_interval: tuple[float, float] | None = Field(
+        None, description="68 % interval of the ratio, exp(ln R ± σ_lnR)"
+    )
+    ratio_interval95: tuple[float, float] | None = Field(
+        None, description="95 % interval of the ratio, exp(ln R ± 1.96 σ_lnR)"
+    )
+    z_score: float | None = Field(
+        None, description="ln R / σ_lnR (schema 1.0: (D_free − D_pinned)/combined σ)"
+    )
     verdict: str = Field(description="Significance statement")
 
 
@@ -119,16 +207,31 @@ class MaterialSummary(BaseModel):
     pinned: VariantSummary | None = Field(None, description="None when no pinned run was made")
     comparisons: list[PinnedComparison] = Field(default_factory=list)
     pinned_verdict: str = Field(description="Overall free-vs-pinned statement")
-    # flat copies for queries
+    sigma_basis: str = Field(SIGMA_BASIS, description="Which σ the campaign quotes")
+    ea_resolved: bool | None = Field(
+        None, description="Free-variant Ea > 2σ_Ea (None without a fit)"
+    )
+    # flat copies for queries (σ(300 K) only when Ea is resolved)
     ea_ev: float | None = None
     ea_err_ev: float | None = None
-    sigma_300k_ms_cm: float | None = None
+    sigma_300k_ms_cm: float | None = Field(
+        None, description="σ(300 K), mS/cm, when Ea is resolved (else None; see free)"
+    )
     sigma_300k_low_ms_cm: float | None = None
     sigma_300k_high_ms_cm: float | None = None
     pinned_ea_ev: float | None = None
     regimes: list[str] = Field(default_factory=list, description="Regimes of the free runs")
     notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
     provenance: dict = Field(default_factory=dict, description="Code versions, settings, job ids")
+
+
+def ea_is_resolved(ea_ev: float | None, ea_err_ev: float | None) -> bool | None:
+    """Ea > 2σ_Ea; None without an Ea, False when Ea has no error estimate."""
+    if ea_ev is None:
+        return None
+    if ea_err_ev is None or not math.isfinite(ea_err_ev):
+        return False
+    return bool(ea_ev > 2.0 * ea_err_ev)
 
 
 def variant_summary(
@@ -153,10 +256,18 @@ def variant_summary(
     out.arrhenius = fit
     out.arrhenius_note = "; ".join(fit.warnings) or None
     out.ea_ev, out.ea_err_ev = fit.ea_ev, fit.ea_err_ev
+    out.ea_resolved = ea_is_resolved(fit.ea_ev, fit.ea_err_ev)
     out.sigma_300k_ms_cm = fit.sigma_at_t_ms_cm
     out.sigma_300k_interval_ms_cm = fit.sigma_at_t_interval_ms_cm
     out.sigma_300k_interval95_ms_cm = fit.sigma_at_t_interval95_ms_cm
     return out
+
+
+def _ratio_text(x: float, digits: int = 2) -> str:
+    """``digits`` significant digits, trailing zeros kept (2.0, 1.02, 0.333)."""
+    if not math.isfinite(x):
+        return f"{x}"
+    return f"{x:#.{digits}g}".rstrip(".")
 
 
 def compare_runs(free: RunSummary, pinned: RunSummary) -> PinnedComparison:
@@ -174,40 +285,129 @@ def compare_runs(free: RunSummary, pinned: RunSummary) -> PinnedComparison:
         )
     d1, e1 = free.diffusivity_cm2_s, free.diffusivity_err_cm2_s or 0.0
     d2, e2 = pinned.diffusivity_cm2_s, pinned.diffusivity_err_cm2_s or 0.0
+    if not (d1 > 0 and d2 > 0):
+        return PinnedComparison(temperature_k=t, verdict="D ≤ 0 in a run: no comparison")
     ratio = d1 / d2
-    ratio_err = ratio * math.hypot(e1 / d1, e2 / d2)
-    comb = math.hypot(e1, e2)
-    z = (d1 - d2) / comb if comb > 0 else float("inf")
-    if z >= 2:
-        verdict = f"pinning lowers D ×{ratio:.2g} (z = {z:.1f}): anion motion assists diffusion"
-    elif z <= -2:
-        verdict = f"pinning raises D (ratio {ratio:.2g}, z = {z:.1f})"
+    ln_r = math.log(ratio)
+    s_ln = math.hypot(e1 / d1, e2 / d2)
+    if s_ln > 0:
+        z = ln_r / s_ln
+    else:  # no errors given: only an exact tie is "no change"
+        z = 0.0 if ln_r == 0 else math.copysign(math.inf, ln_r)
+    iv68 = (math.exp(ln_r - Z68 * s_ln), math.exp(ln_r + Z68 * s_ln))
+    iv95 = (math.exp(ln_r - Z95 * s_ln), math.exp(ln_r + Z95 * s_ln))
+    r, lo, hi = (_ratio_text(x, 3) for x in (ratio, *iv95))
+    i68 = f"68 % [{_ratio_text(iv68[0], 3)}, {_ratio_text(iv68[1], 3)}]"
+    if iv95[0] > 1:
+        verdict = (
+            f"pinning lowers D ×{r} (95 % [{lo}, {hi}], z = {z:.1f}): anion motion assists "
+            "diffusion"
+        )
+    elif iv95[1] < 1:
+        verdict = f"pinning raises D (ratio {r}, 95 % [{lo}, {hi}], z = {z:.1f})"
+    elif EQUIVALENCE_MARGIN[0] <= iv95[0] and iv95[1] <= EQUIVALENCE_MARGIN[1]:
+        verdict = (
+            f"no significant change (ratio {r}, 95 % [{lo}, {hi}] within the "
+            f"×{EQUIVALENCE_MARGIN[1]:g} equivalence margin)"
+        )
     else:
-        verdict = f"no significant change (ratio {ratio:.2g} ± {ratio_err:.2g}, z = {z:.1f})"
+        detectable = math.exp(Z95 * s_ln)  # the smallest change these runs call significant
+        verdict = (
+            f"inconclusive: runs too short to detect a {_ratio_text(detectable)}× change "
+            f"(ratio {r}, {i68})"
+        )
     return PinnedComparison(
-        temperature_k=t, ratio=ratio, ratio_err=ratio_err, z_score=z, verdict=verdict
+        temperature_k=t,
+        ratio=ratio,
+        ratio_err=ratio * s_ln,
+        ratio_interval=iv68,
+        ratio_interval95=iv95,
+        z_score=z,
+        verdict=verdict,
     )
+
+
+def _effect(c: PinnedComparison) -> str | None:
+    """lowers | raises | none | inconclusive for a compared temperature, else None."""
+    v = c.verdict
+    if v.startswith(("pinning lowers", "pinning suppresses")):
+        return "lowers"
+    if v.startswith("pinning raises"):
+        return "raises"
+    if c.ratio is None:
+        return None  # no usable pair of runs at this temperature
+    if v.startswith("no significant"):
+        return "none"
+    return "inconclusive"
+
+
+def _cannot_exclude(c: PinnedComparison, factor: float) -> bool:
+    """The 95 % interval of the ratio reaches a change of ``factor`` either way."""
+    iv = c.ratio_interval95
+    return iv is not None and (iv[1] >= factor or iv[0] <= 1.0 / factor)
 
 
 def overall_verdict(
     comparisons: list[PinnedComparison], pinned_reason: str, has_pinned: bool
 ) -> str:
-    """One sentence over all temperatures."""
+    """One sentence over all temperatures (rules in the module docstring)."""
     if not has_pinned:
         return f"no pinned control: {pinned_reason}"
-    lowered = [
-        c for c in comparisons if c.verdict.startswith(("pinning lowers", "pinning suppresses"))
-    ]
-    tested = [c for c in comparisons if c.z_score is not None or c.verdict.startswith("pinning")]
-    if not tested:
+    effects = [(c, e) for c in comparisons if (e := _effect(c)) is not None]
+    if not effects:
         return "inconclusive: no temperature with usable free and pinned runs"
-    if len(lowered) == len(tested):
-        return f"pinning lowers Li diffusion at all {len(tested)} temperatures: rotation-assisted"
-    if not lowered:
-        return f"no significant effect of pinning at {len(tested)} temperature(s): rotation not required"
-    return (
-        f"pinning lowers diffusion at {len(lowered)} of {len(tested)} temperatures: mixed evidence"
+    n = len(effects)
+    lowered = [c for c, e in effects if e == "lowers"]
+    raised = [c for c, e in effects if e == "raises"]
+    unclear = [c for c, e in effects if e == "inconclusive"]
+    if len(lowered) == n:
+        return f"pinning lowers Li diffusion at all {n} temperatures: rotation-assisted"
+    if lowered:
+        extra = []
+        if raised:
+            extra.append(f"raises it at {len(raised)}")
+        if unclear:
+            extra.append(f"{len(unclear)} inconclusive")
+        more = f" ({', '.join(extra)})" if extra else ""
+        return (
+            f"pinning lowers diffusion at {len(lowered)} of {n} temperatures{more}: mixed evidence"
+        )
+    if raised:
+        more = f" ({len(unclear)} inconclusive)" if unclear else ""
+        return f"pinning raises diffusion at {len(raised)} of {n} temperature(s){more}"
+    if not unclear:
+        return f"no significant effect of pinning at {n} temperature(s): rotation not required"
+    m = len(unclear)
+    k2 = sum(_cannot_exclude(c, DETECT_FACTOR) for c in unclear)
+    margin = f"×{EQUIVALENCE_MARGIN[1]:g}"
+    if k2:
+        text = (
+            f"inconclusive: runs too short to exclude a {DETECT_FACTOR:g}× effect of pinning "
+            f"at {k2} of {n} temperature(s)"
+        )
+        if m > k2:
+            text += f", a {margin} effect at {m - k2}"
+    else:
+        text = (
+            f"inconclusive: runs too short to exclude a {margin} effect of pinning at {m} of "
+            f"{n} temperature(s)"
+        )
+    if n > m:
+        text += f"; no significant change at {n - m}"
+    return text + " — run longer to decide"
+
+
+def _sigma_note(v: VariantSummary) -> str | None:
+    """Why the σ(300 K) extrapolation of a variant is not quoted (None when it is)."""
+    if v.ea_resolved is not False or v.sigma_300k_ms_cm is None or v.ea_ev is None:
+        return None
+    ea = (
+        f"{v.ea_ev:.2f} eV, no error estimate"
+        if v.ea_err_ev is None
+        else f"{v.ea_ev:.2f} ± {v.ea_err_ev:.2f} eV"
     )
+    label = "" if v.variant == "free" else f"{v.variant}: "
+    return f"{label}σ(300 K) not quoted: Ea not resolved ({ea})"
 
 
 def build_summary(
@@ -223,9 +423,19 @@ def build_summary(
     pinned: VariantSummary | None,
     provenance: dict | None = None,
 ) -> MaterialSummary:
-    """Assemble the :class:`MaterialSummary` of one material from its variant summaries."""
+    """Assemble the :class:`MaterialSummary` of one material from its variant summaries.
+
+    ``ea_resolved`` is (re)computed here from each variant's Ea and its error (a variant
+    summary of an older ionflow lacks it); the flat σ(300 K) fields are filled only when
+    the free Ea is resolved, with a note saying why not otherwise.
+    """
     comp = structure.composition
-    free_v, pinned_v = free, pinned
+    free_v, pinned_v = (
+        None
+        if v is None
+        else v.model_copy(update={"ea_resolved": ea_is_resolved(v.ea_ev, v.ea_err_ev)})
+        for v in (free, pinned)
+    )
     comparisons = []
     if pinned_v is not None:
         by_t = {r.temperature_k: r for r in pinned_v.runs}
@@ -233,7 +443,10 @@ def build_summary(
             compare_runs(r, by_t[r.temperature_k]) for r in free_v.runs if r.temperature_k in by_t
         ]
     anions = supercell.get("anions", {})
-    iv = free_v.sigma_300k_interval_ms_cm
+    quoted = free_v.ea_resolved is True
+    iv = free_v.sigma_300k_interval_ms_cm if quoted else None
+    notes = list(supercell.get("notes", []))
+    notes += [n for v in (free_v, pinned_v) if v is not None and (n := _sigma_note(v))]
     return MaterialSummary(
         campaign=campaign,
         material=material,
@@ -259,14 +472,16 @@ def build_summary(
         pinned_verdict=overall_verdict(
             comparisons, supercell.get("pinned_reason", ""), pinned_v is not None
         ),
+        sigma_basis=SIGMA_BASIS,
+        ea_resolved=free_v.ea_resolved,
         ea_ev=free_v.ea_ev,
         ea_err_ev=free_v.ea_err_ev,
-        sigma_300k_ms_cm=free_v.sigma_300k_ms_cm,
+        sigma_300k_ms_cm=free_v.sigma_300k_ms_cm if quoted else None,
         sigma_300k_low_ms_cm=iv[0] if iv else None,
         sigma_300k_high_ms_cm=iv[1] if iv else None,
         pinned_ea_ev=pinned_v.ea_ev if pinned_v else None,
         regimes=[r.regime for r in free_v.runs],
-        notes=list(supercell.get("notes", [])),
+        notes=notes,
         provenance={"ionflow": __version__, **(provenance or {})},
     )
 

@@ -84,10 +84,11 @@ def _fmt_pm(x: float | None, e: float | None, spec: str) -> str:
 
 
 def _sigma_text(s) -> str:
-    from ionflow.results import format_number
+    from ionflow.results import format_number, sigma_300k_note, sigma_300k_quoted
 
-    if s.sigma_300k_ms_cm is None:
-        return "—"
+    if not sigma_300k_quoted(s):
+        note = sigma_300k_note(s)
+        return f"— ({note})" if note else "—"
     text = format_number(s.sigma_300k_ms_cm)
     if s.sigma_300k_low_ms_cm is not None and s.sigma_300k_high_ms_cm is not None:
         lo, hi = format_number(s.sigma_300k_low_ms_cm, 2), format_number(s.sigma_300k_high_ms_cm, 2)
@@ -101,7 +102,8 @@ def results_table(summaries, title: str):
 
     from ionflow.results import regimes_text
 
-    tab = Table(title=title)
+    bases = sorted({s.sigma_basis for s in summaries})
+    tab = Table(title=title, caption=("σ quoted: " + "; ".join(bases)) if bases else None)
     for col, kw in (
         ("material", {"style": "bold", "no_wrap": True}),
         ("formula", {}),
@@ -125,6 +127,19 @@ def results_table(summaries, title: str):
             s.pinned_verdict,
         )
     return tab
+
+
+def subdiffusive_notes(summaries) -> list[str]:
+    """One line per subdiffusive run (no D/σ reported) with the reason."""
+    return [
+        f"{s.material} ({s.campaign}) {v.variant} {r.temperature_k:g} K subdiffusive: "
+        f"{r.regime_reason}"
+        for s in summaries
+        for v in (s.free, s.pinned)
+        if v is not None
+        for r in v.runs
+        if r.regime == "subdiffusive"
+    ]
 
 
 def _write_text(text: str, out: Path | None) -> None:
@@ -160,20 +175,25 @@ def query_cmd(
     ] = None,
     engine: Annotated[str | None, typer.Option(help="MD engine, e.g. chgnet")] = None,
     sigma_min_ms_cm: Annotated[
-        float | None, typer.Option(help="Minimum σ(300 K), mS/cm (free variant)")
+        float | None,
+        typer.Option(
+            help="Minimum σ(300 K), mS/cm (free variant; quoted only when Ea is resolved)"
+        ),
     ] = None,
     sigma_max_ms_cm: Annotated[float | None, typer.Option(help="Maximum σ(300 K), mS/cm")] = None,
     ea_min_ev: Annotated[float | None, typer.Option(help="Minimum Ea, eV")] = None,
     ea_max_ev: Annotated[float | None, typer.Option(help="Maximum Ea, eV")] = None,
     regime: Annotated[
         str | None,
-        typer.Option(help="A free run has this regime: diffusive | caged | insufficient"),
+        typer.Option(
+            help="A free run has this regime: diffusive | subdiffusive | caged | insufficient"
+        ),
     ] = None,
     pinned_verdict: Annotated[
         str | None,
         typer.Option(
-            help="lowers | mixed | no significant | none | inconclusive, or any text in the "
-            "free-vs-pinned verdict"
+            help="lowers | mixed | raises | no significant | none | inconclusive, or any text "
+            "in the free-vs-pinned verdict"
         ),
     ] = None,
     sort: Annotated[
@@ -226,7 +246,10 @@ def query_cmd(
 
         order = "ascending" if asc else "descending"
         title = f"{len(found)} material(s), by {results.resolve_sort(sort)} {order}"
-        Console().print(results_table(found, title))
+        con = Console()
+        con.print(results_table(found, title))
+        for note in subdiffusive_notes(found):
+            con.print(f"• {note}", highlight=False)
 
 
 @app.command("report")

@@ -27,9 +27,46 @@ def _fmt_pm(x, e, spec=".3g"):
     return f"{x:{spec}}" + (f" ± {e:.2g}" if e is not None else "")
 
 
+def _fmt_charge(r: dict) -> str:
+    """D_σ ± err when resolved, else its 95 % upper bound."""
+    if r.get("charge_diffusivity_cm2_s") is not None:
+        return _fmt_pm(r["charge_diffusivity_cm2_s"], r.get("charge_diffusivity_err_cm2_s"))
+    if r.get("charge_diffusivity_upper_cm2_s") is not None:
+        return f"< {r['charge_diffusivity_upper_cm2_s']:.2g} (not resolved)"
+    return "—"
+
+
+def _fmt_haven(r: dict) -> str:
+    """H_R with its 68 % interval (asymmetric)."""
+    h, iv = r.get("haven_ratio"), r.get("haven_ratio_interval")
+    if h is None:
+        return "—"
+    return f"{h:.2f}" + (f" [{iv[0]:.2f}, {iv[1]:.2f}]" if iv else "")
+
+
+def _ea_resolved(v: dict) -> bool | None:
+    from ionflow.summary import ea_is_resolved
+
+    if v.get("ea_resolved") is not None:
+        return v["ea_resolved"]
+    return ea_is_resolved(v.get("ea_ev"), v.get("ea_err_ev"))
+
+
+def _fmt_sigma300(v: dict) -> str:
+    """σ(300 K) [68 %] only when Ea is resolved."""
+    if v.get("sigma_300k_ms_cm") is None:
+        return "—"
+    if _ea_resolved(v) is not True:
+        return "— (Ea not resolved)"
+    iv = v.get("sigma_300k_interval_ms_cm")
+    return f"{v['sigma_300k_ms_cm']:.3g}" + (f" [{iv[0]:.2g}, {iv[1]:.2g}]" if iv else "")
+
+
 def summary_table(summaries: list[dict]):
     """Rich table (per material, free and pinned D/σ per T, Ea, σ(300 K)) and its notes."""
     from rich.table import Table
+
+    from ionflow.summary import SIGMA_BASIS
 
     tab = Table(title="ionflow campaign summary")
     for col in (
@@ -38,8 +75,9 @@ def summary_table(summaries: list[dict]):
         "T (K)",
         "regime",
         "D* (cm²/s)",
+        "D_σ (cm²/s)",
         "σ (mS/cm)",
-        "H_R",
+        "H_R [68 %]",
         "Ea (eV)",
         "σ(300 K) mS/cm [68 %]",
     ):
@@ -51,30 +89,39 @@ def summary_table(summaries: list[dict]):
             if v is None:
                 notes.append(f"{s['material']}: no pinned run — {s['pinned_reason']}")
                 continue
-            iv = v.get("sigma_300k_interval_ms_cm")
-            s300 = (
-                f"{v['sigma_300k_ms_cm']:.3g} [{iv[0]:.2g}, {iv[1]:.2g}]"
-                if v.get("sigma_300k_ms_cm") is not None and iv
-                else "—"
-            )
             if v.get("arrhenius_note"):
                 notes.append(f"{s['material']} {key}: {v['arrhenius_note']}")
+            if v.get("sigma_300k_ms_cm") is not None and _ea_resolved(v) is False:
+                err = v.get("ea_err_ev")
+                ea = f"{v['ea_ev']:.2f}" + (f" ± {err:.2f}" if err is not None else "")
+                notes.append(
+                    f"{s['material']} {key}: σ(300 K) not quoted: Ea not resolved ({ea} eV)"
+                )
             for i, r in enumerate(v["runs"]):
                 first = i == 0
+                if r["regime"] == "subdiffusive":
+                    notes.append(
+                        f"{s['material']} {key} {r['temperature_k']:g} K subdiffusive: "
+                        f"{r['regime_reason']}"
+                    )
                 tab.add_row(
                     s["material"] if first and key == "free" else "",
                     key if first else "",
                     f"{r['temperature_k']:g}",
                     r["regime"],
                     _fmt_pm(r.get("diffusivity_cm2_s"), r.get("diffusivity_err_cm2_s")),
+                    _fmt_charge(r),
                     _fmt_pm(r.get("conductivity_ms_cm"), r.get("conductivity_err_ms_cm")),
-                    _fmt_pm(r.get("haven_ratio"), r.get("haven_ratio_err"), ".2f"),
+                    _fmt_haven(r),
                     _fmt_pm(v.get("ea_ev"), v.get("ea_err_ev"), ".3f") if first else "",
-                    s300 if first else "",
+                    _fmt_sigma300(v) if first else "",
                     end_section=(i == len(v["runs"]) - 1),
                 )
         if s.get("pinned") is not None:
             notes.append(f"{s['material']} free vs pinned: {s['pinned_verdict']}")
+    bases = sorted({s.get("sigma_basis") or SIGMA_BASIS for s in summaries})
+    if bases:
+        notes.append("σ quoted: " + "; ".join(bases))
     return tab, notes
 
 
