@@ -170,6 +170,78 @@ def test_report_notes(report):
     assert re.search(r"free 600 K is caged: MSD plateaus", text)  # Li6PS5Cl and Li3PO4
     assert "free: no Arrhenius fit — Arrhenius fit needs at least 2 temperatures" in text
     assert "MSD curves not found in the JobStore for: free 600 K" in text  # Li7P3S11
+    # the subdiffusive run is listed with its reason, not silently dropped
+    sub = next(s for s, _ in all_materials() if s.material == "Li3YCl6")
+    reason = sub.free.runs[0].regime_reason
+    assert f"free 600 K is subdiffusive: {reason} (no D or σ reported" in text
+    md = paths.markdown.read_text()
+    assert f"free 600 K is subdiffusive: {reason}" in md
+
+
+@pytest.mark.integration
+def test_report_sigma_quoting(report):
+    """σ basis stated; no extrapolated σ(300 K) where Ea is not resolved (Li3InCl6)."""
+    from ionflow.results import format_number
+
+    paths, _ = report
+    html_text = paths.html.read_text()
+    text = " ".join(parse(html_text).text)
+    assert "σ quoted: tracer: Nernst–Einstein from D* (H_R = 1 assumed)" in text
+    flat = next(s for s, _ in all_materials() if s.material == "Li3InCl6")
+    fit = flat.free.arrhenius
+    assert fit is not None and abs(fit.ea_ev) <= 2 * fit.ea_err_ev
+    assert "free: Ea = " in text and "D(300 K), σ(300 K) — (Ea not resolved)" in text
+    row = re.search(r"<tr><td[^>]*><a href=\"#beta_Li3InCl6\">.*?</tr>", html_text).group(0)
+    assert "— (Ea not resolved)" in row
+    assert format_number(fit.sigma_at_t_ms_cm) not in row
+    assert (
+        f"σ(300 K) not quoted: Ea not resolved ({fit.ea_ev:.2f} ± {fit.ea_err_ev:.2f} eV)" in text
+    )
+    assert "— (Ea not resolved)" in paths.markdown.read_text()
+
+
+def test_run_and_comparison_cells():
+    """Run table: D* error split, D_σ or its bound, Haven ratio with its 68 % interval;
+    comparison table: the ratio's 68 % and 95 % intervals (no ±)."""
+    from ionflow.report import COMPARISON_COLUMNS, RUN_COLUMNS, _comparison_cells, _run_cells
+    from ionflow.summary import PinnedComparison, RunSummary
+
+    base = {"variant": "free", "regime": "diffusive", "regime_reason": "MSD linear",
+            "n_eff_hops": 120.0, "duration_ps": 100.0, "fit_window_ps": (5.0, 50.0)}  # fmt: skip
+    resolved = RunSummary(
+        **base, temperature_k=800.0, diffusivity_cm2_s=2.0e-5, diffusivity_err_cm2_s=5.0e-6,
+        diffusivity_stat_err_cm2_s=3.0e-6, diffusivity_sys_err_cm2_s=4.0e-6,
+        charge_diffusivity_cm2_s=4.0e-5, charge_diffusivity_err_cm2_s=1.0e-5,
+        conductivity_ms_cm=50.0, conductivity_err_ms_cm=12.0, charge_conductivity_ms_cm=100.0,
+        charge_conductivity_err_ms_cm=25.0, haven_ratio=0.5, haven_ratio_interval=(0.38, 0.71),
+    )  # fmt: skip
+    bound = RunSummary(
+        **base, temperature_k=1000.0, diffusivity_cm2_s=3.0e-5, diffusivity_err_cm2_s=4.0e-6,
+        charge_diffusivity_err_cm2_s=2.0e-5, charge_diffusivity_upper_cm2_s=6.1e-5,
+    )  # fmt: skip
+    s = next(m for m, _ in all_materials() if m.material == "LPS-beta")
+    s = s.model_copy(
+        update={
+            "free": s.free.model_copy(update={"runs": [resolved, bound]}),
+            "pinned": None,
+            "comparisons": [
+                PinnedComparison(temperature_k=1000.0, ratio=2.0, ratio_err=1.15,
+                                 ratio_interval=(1.12, 3.56), ratio_interval95=(0.64, 6.2),
+                                 z_score=1.2, verdict="inconclusive: …")
+            ],
+        }
+    )  # fmt: skip
+    rows = [dict(zip(RUN_COLUMNS, r, strict=True)) for r in _run_cells(s)]
+    assert rows[0]["D* (cm²/s)"] == "2.00e-05 ± 5.0e-06"
+    assert rows[0]["D* err stat / sys"] == "3.0e-06 / 4.0e-06"
+    assert rows[0]["D_σ (cm²/s)"] == "4.00e-05 ± 1.0e-05"
+    assert rows[0]["σ from D_σ (mS/cm)"] == "100 ± 25"
+    assert rows[0]["Haven [68 %]"] == "0.50 [0.38, 0.71]"
+    assert rows[1]["D_σ (cm²/s)"] == "< 6.1e-05 (not resolved)"
+    assert rows[1]["Haven [68 %]"] == "—" and rows[1]["σ from D_σ (mS/cm)"] == "—"
+    (comp,) = [dict(zip(COMPARISON_COLUMNS, r, strict=True)) for r in _comparison_cells(s)]
+    assert comp["D_free / D_pinned [68 %]"] == "2.00 [1.1, 3.6]"
+    assert comp["95 % interval"] == "[0.64, 6.2]" and comp["z"] == "1.2"
 
 
 @pytest.mark.integration

@@ -2,10 +2,13 @@
 
 ``write_report(source, out_dir)`` writes
 
-* ``out_dir/index.html`` -- summary table, then per material: the Arrhenius plot (free and
-  pinned fits on the same axes, 300 K extrapolation with its 68 %/95 % bars), the σ(300 K)
-  extrapolation with its intervals, the free-vs-pinned comparison per temperature, the MSD
-  plots of every run, and notes (caged/insufficient runs, missing pinned control, fit
+* ``out_dir/index.html`` -- summary table (with the σ basis: tracer-based), then per
+  material: the Arrhenius plot (free and pinned fits on the same axes, 300 K extrapolation
+  with its 68 %/95 % bars), the σ(300 K) extrapolation with its intervals (only when Ea is
+  resolved), the runs (D* with its statistical/systematic error split, D_σ or its upper
+  bound, Haven ratio with its 68 % interval), the free-vs-pinned ratio per temperature
+  with its 68 %/95 % intervals, the MSD plots of every run, and notes
+  (subdiffusive/caged/insufficient runs with their reasons, missing pinned control, fit
   caveats, analysis warnings). Images are embedded as base64 PNG and there is no script,
   font or style sheet from elsewhere: the file opens anywhere on its own;
 * ``out_dir/report.md`` -- the same content in Markdown, images referenced relatively as
@@ -31,13 +34,16 @@ from typing import Any
 from ionflow.errors import UserInputError
 from ionflow.results import (
     RunAnalysis,
+    ea_resolved,
     format_number,
     iter_run_analyses,
     known_campaigns,
     query_summaries,
     regimes_text,
+    sigma_300k_note,
+    sigma_300k_quoted,
 )
-from ionflow.summary import MaterialSummary
+from ionflow.summary import SIGMA_BASIS, MaterialSummary, RunSummary
 
 __all__ = ["Figure", "MaterialSection", "ReportPaths", "build_sections", "write_report"]
 
@@ -96,6 +102,32 @@ def _ea(x: float | None, e: float | None) -> str:
 
 def _interval(iv: tuple[float, float] | None) -> str:
     return "—" if not iv else f"[{_g(iv[0], 2)}, {_g(iv[1], 2)}]"
+
+
+def _with_interval(x: float | None, iv: tuple[float, float] | None, digits: int = 3) -> str:
+    """``x [lo, hi]`` (a 68 % interval, asymmetric), ``—`` for None."""
+    if x is None:
+        return "—"
+    return _g(x, digits) + (f" {_interval(iv)}" if iv else "")
+
+
+def _charge(r: RunSummary) -> str:
+    """D_σ ± err when resolved, else its 95 % upper bound."""
+    if r.charge_diffusivity_cm2_s is not None:
+        return _pm(r.charge_diffusivity_cm2_s, r.charge_diffusivity_err_cm2_s)
+    if r.charge_diffusivity_upper_cm2_s is not None:
+        return f"< {_g(r.charge_diffusivity_upper_cm2_s, 2)} (not resolved)"
+    return "—"
+
+
+def _err_split(r: RunSummary) -> str:
+    """Statistical / window-systematic parts of the D* error."""
+    if r.diffusivity_stat_err_cm2_s is None and r.diffusivity_sys_err_cm2_s is None:
+        return "—"
+    return f"{_g(r.diffusivity_stat_err_cm2_s, 2)} / {_g(r.diffusivity_sys_err_cm2_s, 2)}"
+
+
+NOT_QUOTED = "— (Ea not resolved)"
 
 
 def _slug(text: str) -> str:
@@ -261,15 +293,16 @@ SUMMARY_COLUMNS = (
 
 
 def _summary_cells(s: MaterialSummary) -> list[str]:
+    quoted = sigma_300k_quoted(s)
     return [
         s.material,
         s.formula,
         s.campaign,
         s.engine_md,
         _ea(s.ea_ev, s.ea_err_ev),
-        _g(s.sigma_300k_ms_cm),
-        _interval(s.free.sigma_300k_interval_ms_cm),
-        _interval(s.free.sigma_300k_interval95_ms_cm),
+        _g(s.sigma_300k_ms_cm) if quoted else (NOT_QUOTED if sigma_300k_note(s) else "—"),
+        _interval(s.free.sigma_300k_interval_ms_cm if quoted else None),
+        _interval(s.free.sigma_300k_interval95_ms_cm if quoted else None),
         regimes_text(s),
         _ea(s.pinned_ea_ev, s.pinned.ea_err_ev if s.pinned else None),
         s.pinned_verdict,
@@ -289,8 +322,13 @@ def _extrapolation_lines(s: MaterialSummary) -> list[str]:
         text = (
             f"{v.variant}: Ea = {_ea(fit.ea_ev, fit.ea_err_ev)} eV from "
             f"{fit.n_temperatures} temperatures ({', '.join(f'{x:g}' for x in fit.temperatures_k)}"
-            f" K); D({t:g} K) = {_g(fit.d_at_t_cm2_s)} cm²/s, 68 % "
-            f"{_interval(fit.d_at_t_interval_cm2_s)}"
+            " K)"
+        )
+        if ea_resolved(v) is not True:  # an extrapolation along an unresolved slope
+            lines.append(f"{text}; D({t:g} K), σ({t:g} K) {NOT_QUOTED}")
+            continue
+        text += f"; D({t:g} K) = {_g(fit.d_at_t_cm2_s)} cm²/s, 68 % " + _interval(
+            fit.d_at_t_interval_cm2_s
         )
         if fit.sigma_at_t_ms_cm is not None:
             text += (
@@ -302,7 +340,19 @@ def _extrapolation_lines(s: MaterialSummary) -> list[str]:
     return lines
 
 
-RUN_COLUMNS = ("variant", "T (K)", "regime", "D (cm²/s)", "σ (mS/cm)", "Haven", "hops", "ps")
+RUN_COLUMNS = (
+    "variant",
+    "T (K)",
+    "regime",
+    "D* (cm²/s)",
+    "D* err stat / sys",
+    "D_σ (cm²/s)",
+    "σ tracer (mS/cm)",
+    "σ from D_σ (mS/cm)",
+    "Haven [68 %]",
+    "hops",
+    "ps",
+)
 
 
 def _run_cells(s: MaterialSummary) -> list[list[str]]:
@@ -317,8 +367,11 @@ def _run_cells(s: MaterialSummary) -> list[list[str]]:
                     f"{r.temperature_k:g}",
                     r.regime,
                     _pm(r.diffusivity_cm2_s, r.diffusivity_err_cm2_s),
+                    _err_split(r),
+                    _charge(r),
                     _pm(r.conductivity_ms_cm, r.conductivity_err_ms_cm),
-                    _pm(r.haven_ratio, r.haven_ratio_err, 2),
+                    _pm(r.charge_conductivity_ms_cm, r.charge_conductivity_err_ms_cm),
+                    _with_interval(r.haven_ratio, r.haven_ratio_interval, 2),
                     f"{r.n_eff_hops:.0f}",
                     f"{r.duration_ps:g}",
                 ]
@@ -326,19 +379,32 @@ def _run_cells(s: MaterialSummary) -> list[list[str]]:
     return rows
 
 
-COMPARISON_COLUMNS = ("T (K)", "D_free / D_pinned", "z", "verdict")
+COMPARISON_COLUMNS = ("T (K)", "D_free / D_pinned [68 %]", "95 % interval", "z", "verdict")
 
 
 def _comparison_cells(s: MaterialSummary) -> list[list[str]]:
     return [
         [
             f"{c.temperature_k:g}",
-            _pm(c.ratio, c.ratio_err),
+            # summaries of schema 1.0 have a symmetric 1σ instead of the intervals
+            _with_interval(c.ratio, c.ratio_interval)
+            if c.ratio_interval or c.ratio is None
+            else _pm(c.ratio, c.ratio_err),
+            _interval(c.ratio_interval95),
             "—" if c.z_score is None else f"{c.z_score:.1f}",
             c.verdict,
         ]
         for c in s.comparisons
     ]
+
+
+def _basis_text(sections: list[MaterialSection]) -> str:
+    bases = sorted({sec.summary.sigma_basis or SIGMA_BASIS for sec in sections})
+    return (
+        f"σ quoted: {'; '.join(bases)}. σ(300 K) is the free-variant Arrhenius extrapolation "
+        "of D* with its 68 % and 95 % intervals, quoted only when Ea is resolved (Ea > 2σ); "
+        "regimes are those of the free runs."
+    )
 
 
 # ----------------------------------------------------------------------------- HTML
@@ -388,8 +454,7 @@ def _html(sections: list[MaterialSection], title: str, meta: str) -> str:
         f"<h1>{_e(title)}</h1>",
         f'<p class="meta">{_e(meta)}</p>',
         '<h2 id="summary">Summary</h2>',
-        "<p>σ(300 K) is the free-variant Arrhenius extrapolation with its 68 % and 95 % "
-        "intervals; regimes are those of the free runs.</p>",
+        f"<p>{_e(_basis_text(sections))}</p>",
         _html_table(
             SUMMARY_COLUMNS,
             [_summary_cells(sec.summary) for sec in sections],
@@ -448,7 +513,7 @@ def _md_table(columns, rows) -> list[str]:
 
 
 def _markdown(sections: list[MaterialSection], title: str, meta: str) -> str:
-    lines = [f"# {title}", "", f"_{meta}_", "", "## Summary", ""]
+    lines = [f"# {title}", "", f"_{meta}_", "", "## Summary", "", _basis_text(sections), ""]
     lines += _md_table(SUMMARY_COLUMNS, [_summary_cells(sec.summary) for sec in sections])
     for sec in sections:
         s = sec.summary
