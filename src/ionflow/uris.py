@@ -16,18 +16,17 @@ from urllib.parse import parse_qsl, urlencode
 
 from ionflow.errors import UserInputError, printable
 
-__all__ = ["URI_FORM", "check_mongo_uri", "redact_uri", "uri_secrets"]
+__all__ = ["URI_FORM", "check_mongo_uri", "redact_uri", "uri_problem", "uri_secrets"]
 
 #: What a MongoDB URI looks like (stated in every URI error).
 URI_FORM = (
-    "mongodb://[user[:password]@]host[:port][,host[:port]...][/database][?options] "
-    "(or mongodb+srv://[user[:password]@]host[/database][?options]) with ':', '/', '?', "
-    "'#', '[', ']', '@' and '%' in the user name or password escaped as %XX "
-    "(urllib.parse.quote_plus)"
+    "mongodb://[user[:password]@]host[:port][,host[:port]...][/database][?options] or "
+    "mongodb+srv://[user[:password]@]host[/database][?options]"
 )
 _SCHEMES = ("mongodb://", "mongodb+srv://")
 _SECRET_QUERY_KEYS = ("password", "secret", "token", "authmechanismproperties")
 _MAX_SHOWN = 200  # longest URI shown in a message
+_NOT_MONGO = "expected a MongoDB connection string starting with 'mongodb://' or 'mongodb+srv://'"
 
 
 def redact_uri(uri: str) -> str:
@@ -88,7 +87,7 @@ def uri_secrets(uri: str) -> list[str]:
 def _problem(uri: str) -> str | None:
     """What is wrong with ``uri`` (no secret in the text), or None."""
     if not uri.startswith(_SCHEMES):
-        return "expected a MongoDB connection string starting with 'mongodb://' or 'mongodb+srv://'"
+        return _NOT_MONGO
     if any(ch.isspace() or not ch.isprintable() for ch in uri):
         return "contains whitespace or control characters"
     srv = uri.startswith("mongodb+srv://")
@@ -157,6 +156,22 @@ def _problem(uri: str) -> str | None:
     return None
 
 
+def uri_problem(uri: str) -> str | None:
+    """What is wrong with the form of ``uri``, as ``"<problem>; expected <form>; got
+    <uri, password masked>"``, or None when pymongo will accept its form."""
+    problem = _problem(uri)
+    if problem is None:
+        return None
+    if uri.startswith(_SCHEMES):
+        return f"{problem}; expected {URI_FORM}; got {redact_uri(uri)}"
+    # not a MongoDB URI: show its scheme only (the rest may hold a password)
+    if "://" in uri:
+        shown = printable(uri.partition("://")[0], 20) + "://…"
+    else:
+        shown = f"a text of {len(uri)} characters without '://'"
+    return f"{problem}; got {shown}"
+
+
 def check_mongo_uri(uri: str, key: str) -> str:
     """Return ``uri`` unchanged if its form is valid, else raise a one-line error.
 
@@ -174,11 +189,7 @@ def check_mongo_uri(uri: str, key: str) -> str:
         ``"<key>: <what is wrong>; expected mongodb://..., got <uri, password masked>"``.
         The password never appears, whatever is wrong.
     """
-    problem = _problem(uri)
+    problem = uri_problem(uri)
     if problem is None:
         return uri
-    if uri.startswith(_SCHEMES):
-        shown = redact_uri(uri)
-    else:  # not a MongoDB URI: show its scheme only (the rest may hold a password)
-        shown = printable(uri.partition(":")[0], 20) + ":…"
-    raise UserInputError(f"{key}: {problem}; expected {URI_FORM}; got {shown}")
+    raise UserInputError(f"{key}: {problem}")

@@ -15,7 +15,8 @@ from typing import Annotated
 import typer
 
 from ionflow.cli import app
-from ionflow.errors import UserInputError
+from ionflow.errors import UserInputError, printable
+from ionflow.uris import check_mongo_uri
 
 DataDirOpt = Annotated[
     Path | None,
@@ -31,6 +32,9 @@ LaunchpadOpt = Annotated[Path | None, typer.Option(help="FireWorks my_launchpad.
 CampaignOpt = Annotated[str | None, typer.Option(help="Only this campaign")]
 
 OUTPUT_FORMATS = ("table", "json", "csv")
+#: Largest ``query --limit`` (omit the option for every match).
+MAX_QUERY_LIMIT = 1_000_000_000
+_URI_KEY = "--uri / IONFLOW_DB_URI"
 
 
 def _ensure_indexes(db) -> None:
@@ -48,6 +52,8 @@ def _open(data_dir: Path | None, uri: str | None, launchpad: Path | None):
     """The project's ResolvedDatabase (JobStore access) with the summaries' indexes."""
     from ionflow import results
 
+    if uri is not None:
+        check_mongo_uri(uri, _URI_KEY)
     db = results.open_database(data_dir, uri, launchpad)
     _ensure_indexes(db)
     return db
@@ -58,6 +64,8 @@ def _open_summaries(data_dir: Path | None, uri: str | None, launchpad: Path | No
     """(Database, description) for summary-only commands: the fast connection path."""
     from ionflow import results
 
+    if uri is not None:
+        check_mongo_uri(uri, _URI_KEY)
     db, description, client = results.open_query_database(data_dir, uri, launchpad)
     try:
         _ensure_indexes(db)
@@ -75,6 +83,39 @@ def _no_match_message(db, campaign: str | None, where: str) -> str:
     if campaign is not None and campaign not in campaigns:
         return f"no summaries of campaign {campaign!r}; campaigns: {', '.join(campaigns)}"
     return "no material matches the filters"
+
+
+def _out_file(out: Path | None, what: str, example: str) -> None:
+    """``--out`` must name a file to (over)write: not a directory, in a directory that
+    exists or can be created. Checked before the database is opened (nothing written)."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise UserInputError(
+            f"--out {printable(str(out), 200)}: is a directory; expected a file name for "
+            f"{what} (e.g. {printable(str(out / example), 200)})"
+        )
+    _creatable_parent(out)
+
+
+def _out_dir(out: Path) -> None:
+    """``--out`` must be a directory or a path where one can be created."""
+    if out.exists() and not out.is_dir():
+        raise UserInputError(
+            f"--out {printable(str(out), 200)}: is a file; expected a directory for the "
+            "report (index.html, report.md and figures/ are written in it)"
+        )
+    _creatable_parent(out)
+
+
+def _creatable_parent(out: Path) -> None:
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserInputError(
+            f"--out {printable(str(out), 200)}: {printable(str(parent), 200)} is not a directory"
+        )
 
 
 def _fmt_pm(x: float | None, e: float | None, spec: str) -> str:
@@ -96,14 +137,22 @@ def _sigma_text(s) -> str:
     return text
 
 
+def _cell(value):
+    """A table cell of text read back from the database (a Rich Text: never markup)."""
+    from rich.text import Text
+
+    return Text(printable("" if value is None else str(value), 500))
+
+
 def results_table(summaries, title: str):
     """Rich table of query results (one row per material)."""
     from rich.table import Table
+    from rich.text import Text
 
     from ionflow.results import regimes_text
 
     bases = sorted({s.sigma_basis for s in summaries})
-    tab = Table(title=title, caption=("σ quoted: " + "; ".join(bases)) if bases else None)
+    tab = Table(title=title, caption=Text("σ quoted: " + "; ".join(bases)) if bases else None)
     for col, kw in (
         ("material", {"style": "bold", "no_wrap": True}),
         ("formula", {}),
@@ -116,15 +165,12 @@ def results_table(summaries, title: str):
     ):
         tab.add_column(col, **kw)
     for s in summaries:
+        # text read back from the database: Text, never Rich markup ("[/]" would crash,
+        # "[red]" would restyle), control characters escaped
         tab.add_row(
-            s.material,
-            s.formula,
-            s.campaign,
-            s.engine_md,
+            *(_cell(x) for x in (s.material, s.formula, s.campaign, s.engine_md)),
             _fmt_pm(s.ea_ev, s.ea_err_ev, ".3f"),
-            _sigma_text(s),
-            regimes_text(s),
-            s.pinned_verdict,
+            *(_cell(x) for x in (_sigma_text(s), regimes_text(s), s.pinned_verdict)),
         )
     return tab
 
@@ -232,12 +278,16 @@ def query_cmd(
     # validate everything before touching (or starting) a database
     results.build_filter(**filters)
     results.resolve_sort(sort)
-    if limit is not None and limit < 1:
-        raise UserInputError(f"--limit must be ≥ 1, got {limit}")
+    if limit is not None and not 1 <= limit <= MAX_QUERY_LIMIT:
+        shown = str(limit) if abs(limit) < 10**30 else "a number of more than 30 digits"
+        raise UserInputError(
+            f"--limit must be between 1 and {MAX_QUERY_LIMIT} (omit it for every match), "
+            f"got {shown}"
+        )
     with _open_summaries(data_dir, uri, launchpad) as (db, where):
         found = results.query_summaries(db, **filters, sort=sort, descending=not asc, limit=limit)
         if not found:
-            print(_no_match_message(db, campaign, where), file=sys.stderr)
+            print(printable(_no_match_message(db, campaign, where), 2000), file=sys.stderr)
     if fmt != "table":
         _write_text(_serialise(found, fmt), None)
         return
@@ -249,7 +299,7 @@ def query_cmd(
         con = Console()
         con.print(results_table(found, title))
         for note in subdiffusive_notes(found):
-            con.print(f"• {note}", highlight=False)
+            con.print(f"• {printable(note, 1000)}", highlight=False, markup=False)
 
 
 @app.command("report")
@@ -263,6 +313,7 @@ def report_cmd(
     """Write an HTML + Markdown report: summary table, Arrhenius and MSD plots, notes."""
     from ionflow.report import write_report
 
+    _out_dir(out)
     db = _open(data_dir, uri, launchpad)
     paths = write_report(db, out, campaign=campaign)
     print(
@@ -284,11 +335,12 @@ def export_cmd(
 
     fmt = fmt.lower()
     if fmt not in ("csv", "json"):
-        raise UserInputError(f"--format must be csv or json; got {fmt!r}")
+        raise UserInputError(f"--format must be csv or json; got {printable(fmt, 40)!r}")
+    _out_file(out, f"the {fmt.upper()} export", f"summaries.{fmt}")
     with _open_summaries(data_dir, uri, launchpad) as (db, where):
         found = results.query_summaries(db, campaign=campaign, sort="campaign", descending=False)
         if not found:
-            print(_no_match_message(db, campaign, where), file=sys.stderr)
+            print(printable(_no_match_message(db, campaign, where), 2000), file=sys.stderr)
     _write_text(_serialise(found, fmt), out)
     if out is not None:
         print(f"wrote {len(found)} summaries to {out}", file=sys.stderr)
@@ -310,7 +362,12 @@ def export_trajectory_cmd(
     from ionflow import results
 
     if variant not in ("free", "pinned"):
-        raise UserInputError(f"--variant must be free or pinned; got {variant!r}")
+        raise UserInputError(f"--variant must be free or pinned; got {printable(variant, 40)!r}")
+    if every < 1:
+        raise UserInputError(f"--every must be ≥ 1, got {every}")
+    _out_file(out, "the extended XYZ trajectory", f"{material}_{temperature_k:g}K.extxyz")
+    if uri is not None:
+        check_mongo_uri(uri, _URI_KEY)
     db = results.open_database(data_dir, uri, launchpad)
     n = results.export_trajectory_extxyz(
         db,
