@@ -548,6 +548,18 @@ def worker_dir(data_dir: Path, profile: str, campaign: str | None) -> Path:
     return Path(data_dir) / "hpc" / (campaign or "_all") / profile
 
 
+def _worker_identity(profile: SlurmProfile, campaign: str | None) -> tuple[str, dict[str, Any]]:
+    """(FWorker name, FWorker query) of a profile's workers for ``campaign``."""
+    query = dict(profile.fworker.get("query") or {})
+    if isinstance(query, str):
+        import json
+
+        query = json.loads(query)
+    if campaign is not None:
+        query["spec.ionflow_campaign"] = campaign
+    return str(profile.fworker.get("name") or f"ionflow-{profile.name}"), query
+
+
 def prepare_worker(
     db: ResolvedDatabase, profile: SlurmProfile, data_dir: Path, campaign: str | None
 ) -> tuple[dict[str, Path], FWorker]:
@@ -562,14 +574,7 @@ def prepare_worker(
 
     from ionflow.store import JOBSTORE_ENV_KEY, _write_private
 
-    query = dict(profile.fworker.get("query") or {})
-    if isinstance(query, str):
-        import json
-
-        query = json.loads(query)
-    if campaign is not None:
-        query["spec.ionflow_campaign"] = campaign
-    name = str(profile.fworker.get("name") or f"ionflow-{profile.name}")
+    name, query = _worker_identity(profile, campaign)
     directory = worker_dir(data_dir, profile.name, campaign)
     paths = db.write_worker_files(directory, name=name, category=profile.category, query=query)
     env = {k: v for k, v in (profile.fworker.get("env") or {}).items() if k != JOBSTORE_ENV_KEY}
@@ -672,7 +677,8 @@ def launch(
     max_jobs
         At most this many jobs of this profile (and campaign) pending or running at once.
     dry_run
-        Count only; submit nothing (worker files are still written).
+        Count only; submit nothing and write nothing (no worker file: they hold the
+        database credentials).
     queue
         A :func:`slurm_queue` snapshot to reuse (default: taken here).
     lp
@@ -692,8 +698,15 @@ def _launch(db, lp, profile, data_dir, campaign, max_jobs, dry_run, queue) -> La
     from fireworks.queue.queue_launcher import launch_rocket_to_queue
     from fireworks.utilities.fw_utilities import create_datestamp_dir
 
-    paths, fworker = prepare_worker(db, profile, data_dir, campaign)
-    report = LaunchReport(profile.name, worker_dir=paths["fworker"].parent)
+    if dry_run:  # count only: no worker file (they hold the database credentials) is written
+        from fireworks import FWorker
+
+        name, query = _worker_identity(profile, campaign)
+        fworker = FWorker(name=name, category=profile.category, query=query)
+        report = LaunchReport(profile.name, worker_dir=worker_dir(data_dir, profile.name, campaign))
+    else:
+        paths, fworker = prepare_worker(db, profile, data_dir, campaign)
+        report = LaunchReport(profile.name, worker_dir=paths["fworker"].parent)
     report.ready = lp.fireworks.count_documents({**fworker.query, "state": "READY"})
     if queue is None:
         queue = slurm_queue()
