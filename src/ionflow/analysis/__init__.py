@@ -1,12 +1,17 @@
-"""Diffusion analysis: pure numpy/scipy, no jobflow, FireWorks or database imports.
+"""Trajectory analyses: pure numpy/scipy, no jobflow, FireWorks or database imports.
 
-readers (streaming trajectory formats) → msd (unwrap, drift removal, FFT MSD) →
-diffusion (fit window, D*, D_σ, Haven ratio, σ, honest errors, regime) →
-arrhenius (weighted fit, extrapolation with interval) → plots (lazy matplotlib).
+readers (streaming trajectory formats) → stream (one pass: unwrapping, drift removal,
+chunks fed to every registered analysis) → the analyses (``diffusion``: fit window, D*,
+D_σ, Haven ratio, σ, honest errors, regime; see :data:`ANALYSES`) → arrhenius (weighted
+fit, extrapolation with interval) → plots (lazy matplotlib).
+
+Registration: importing an analysis module registers its class; the imports below are
+the registry's table of contents.
 """
 
 from ionflow.analysis.arrhenius import ArrheniusFit, fit_arrhenius, fit_arrhenius_from_analyses
 from ionflow.analysis.diffusion import (
+    Diffusion,
     DiffusionAnalysis,
     analyze_arrays,
     analyze_displacements,
@@ -14,15 +19,34 @@ from ionflow.analysis.diffusion import (
     conductivity_factor_ms_cm,
     default_window_ps,
 )
+from ionflow.analysis.stream import (
+    ANALYSES,
+    FrameChunk,
+    StreamedAnalysis,
+    TrajectoryContext,
+    analyze_in_memory,
+    analyze_trajectory,
+    get_analysis,
+    register,
+)
 
 __all__ = [
+    "ANALYSES",
     "ArrheniusFit",
+    "Diffusion",
     "DiffusionAnalysis",
+    "FrameChunk",
+    "StreamedAnalysis",
+    "TrajectoryContext",
     "analyze_arrays",
     "analyze_displacements",
     "analyze_file",
+    "analyze_in_memory",
+    "analyze_trajectory",
     "conductivity_factor_ms_cm",
     "default_window_ps",
     "fit_arrhenius",
     "fit_arrhenius_from_analyses",
+    "get_analysis",
+    "register",
 ]

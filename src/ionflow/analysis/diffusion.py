@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +102,17 @@ from ionflow.analysis.msd import (
     MSDResult,
     brownian_slope_variance,
     compute_msd,
+)
+from ionflow.analysis.stream import (
+    DriftReference,
+    FrameChunk,
+    StreamedAnalysis,
+    TrajectoryContext,
+    Unwrapper,
+    analyze_in_memory,
+    analyze_trajectory,
+    register,
+    select_atoms,  # noqa: F401  (re-exported: its home was here)
 )
 from ionflow.errors import InsufficientDataError, UserInputError
 
@@ -780,72 +790,76 @@ def analyze_displacements(
     )
 
 
-DriftReference = str | Sequence[int]
+@register
+class Diffusion(StreamedAnalysis):
+    """Tracer and charge diffusion (this module's docstring), as a streamed analysis.
 
-
-def _atomic_masses(species: Sequence[str]) -> np.ndarray:
-    from ase.data import atomic_masses, atomic_numbers
-
-    return np.array([atomic_masses[atomic_numbers[s]] for s in species])
-
-
-def select_atoms(
-    species_per_atom: Sequence[str],
-    mobile_species: str,
-    drift_reference: DriftReference,
-    fixed_atoms: np.ndarray | None = None,
-    *,
-    mass_weighted: bool = True,
-    source: str = "trajectory",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """Mobile indices, drift-reference indices + weights, and a label for the reference.
-
-    ``drift_reference``: ``"framework"`` (every non-mobile atom; the default),
-    ``"fixed"`` (atoms the file marks as fixed — pinned runs), ``"auto"`` (fixed
-    atoms when the file has some, else the framework), ``"none"``, or explicit
-    atom indices.
+    Keeps the drift-corrected unwrapped displacements of the mobile ions (float32) and
+    runs :func:`analyze_displacements` at the end.
     """
-    species_arr = np.asarray(species_per_atom)
-    mobile = np.flatnonzero(species_arr == mobile_species)
-    if mobile.size == 0:
-        present = sorted(set(species_arr.tolist()))
-        raise UserInputError(
-            f"{source}: no {mobile_species} atoms (species present: {', '.join(present)})"
+
+    name = "diffusion"
+    result_model = DiffusionAnalysis
+    schema_version = "2"
+
+    def __init__(
+        self,
+        *,
+        fit: FitMode = "ionflow",
+        fit_window_ps: tuple[float, float] | None = None,
+        ion_charge: float | None = None,
+        hop_length_a: float = 3.0,
+        min_hops: float = 20.0,
+        min_obs: int | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.fit = fit
+        self.fit_window_ps = fit_window_ps
+        self.ion_charge = ion_charge
+        self.hop_length_a = hop_length_a
+        self.min_hops = min_hops
+        self.min_obs = min_obs
+        self.progress = progress
+
+    def prepare(self, ctx: TrajectoryContext, unwrapper: Unwrapper) -> None:
+        self.ctx = ctx
+        self._acc = DisplacementAccumulator(
+            ctx.n_atoms, ctx.mobile_indices, ctx.reference_indices, unwrapper=unwrapper,
+            n_frames_hint=ctx.n_frames,
+        )  # fmt: skip
+
+    def accumulate(self, chunk: FrameChunk) -> None:
+        self._acc.add(chunk)
+
+    def conclude(self) -> DiffusionAnalysis:
+        ctx = self.ctx
+        if ctx.temperature_k is None:
+            raise UserInputError(f"{ctx.source}: the file does not give the temperature; pass it")
+        disp = self._acc.result(ctx.frame_interval_fs)
+        done_ions = [0]
+
+        def _msd_progress(k: int) -> None:
+            done_ions[0] += k
+            if self.progress is not None:
+                self.progress("msd", done_ions[0], disp.n_mobile)
+
+        min_obs = self.min_obs
+        if min_obs is None:
+            min_obs = int(ctx.metadata.get("min_obs", 30)) if ctx.metadata else 30
+        return analyze_displacements(
+            disp,
+            species=ctx.mobile_species,
+            temperature_k=float(ctx.temperature_k),
+            fit=self.fit,
+            fit_window_ps=self.fit_window_ps,
+            ion_charge=self.ion_charge,
+            hop_length_a=self.hop_length_a,
+            min_hops=self.min_hops,
+            min_obs=min_obs,
+            drift_reference=ctx.reference_label,
+            source=ctx.source,
+            progress=_msd_progress,
         )
-    n = len(species_arr)
-    if isinstance(drift_reference, str):
-        mode = drift_reference.lower()
-        has_fixed = fixed_atoms is not None and bool(np.any(fixed_atoms))
-        if mode == "auto":
-            mode = "fixed" if has_fixed else "framework"
-        if mode == "framework":
-            ref = np.flatnonzero(species_arr != mobile_species)
-            label = "framework (all non-mobile atoms)"
-        elif mode == "fixed":
-            if not has_fixed:
-                raise UserInputError(f"{source}: drift reference 'fixed' but no atom is fixed")
-            ref = np.flatnonzero(fixed_atoms)
-            label = "fixed (pinned) atoms"
-        elif mode == "none":
-            ref = np.array([], dtype=int)
-            label = "none"
-        else:
-            raise UserInputError(
-                f"drift reference must be framework, fixed, auto, none or atom indices; "
-                f"got {drift_reference!r}"
-            )
-    else:
-        ref = np.asarray(list(drift_reference), dtype=int)
-        if ref.size and (ref.min() < 0 or ref.max() >= n):
-            raise UserInputError(f"{source}: drift reference indices outside 0…{n - 1}")
-        label = f"{ref.size} given atoms"
-    if ref.size == 0 and label != "none":
-        warnings.warn(f"{source}: no framework atoms; drift not removed", stacklevel=2)
-        label = "none (no framework atoms)"
-    weights = (
-        _atomic_masses(species_arr[ref]) if (mass_weighted and ref.size) else np.ones(ref.size)
-    )
-    return mobile, ref, weights, label
 
 
 def analyze_file(
@@ -886,81 +900,31 @@ def analyze_file(
     progress
         Optional ``callback(stage, done, total)``; stages "read" and "msd".
     """
-    from ionflow.analysis.readers import open_trajectory
-
-    kwargs = {"format": format}
-    if structure is not None:
-        kwargs["structure"] = structure
-    src = open_trajectory(path, **kwargs)
-    info = src.info
-    label = info.path
-    if temperature_k is None:
-        temperature_k = info.temperature_k
-    if temperature_k is None:
-        raise UserInputError(f"{label}: the file does not give the temperature; pass it")
-    if not temperature_k > 0:
-        raise UserInputError(f"temperature must be > 0 K, got {temperature_k}")
-    if frame_interval_fs is None:
-        frame_interval_fs = info.frame_interval_fs
-    if frame_interval_fs is None:
-        raise UserInputError(f"{label}: the file does not give the time step; pass it")
-    if not frame_interval_fs > 0:
-        raise UserInputError(f"time step must be > 0 fs, got {frame_interval_fs}")
-    if info.n_frames - skip_frames < 2:
-        raise InsufficientDataError(
-            f"{label}: {info.n_frames} frame(s) (after skipping {skip_frames}) — a diffusion "
-            "analysis needs a trajectory, not a single structure"
-        )
-    if fit == "pymatgen":
-        drift_reference = "framework"
-    mobile, ref, weights, ref_label = select_atoms(
-        info.species,
-        species,
-        drift_reference,
-        info.fixed_atoms,
-        mass_weighted=(fit != "pymatgen"),
-        source=label,
-    )
-    acc = DisplacementAccumulator(
-        len(info.species), mobile, ref, weights, n_frames_hint=info.n_frames - skip_frames
-    )
-    total = info.n_frames
-    done = 0
-    to_skip = skip_frames
-    for positions, lattices in src.iter_chunks(chunk_frames=chunk_frames):
-        k = positions.shape[0]
-        done += k
-        if to_skip:
-            drop = min(to_skip, k)
-            positions, lattices = positions[drop:], lattices[drop:]
-            to_skip -= drop
-        if positions.shape[0]:
-            acc.add_chunk(positions, lattices)
-        if progress is not None:
-            progress("read", done, total)
-    disp = acc.result(frame_interval_fs)
-    meta_min_obs = int(info.metadata.get("min_obs", 30)) if info.metadata else 30
-    done_ions = [0]
-
-    def _msd_progress(k: int) -> None:
-        done_ions[0] += k
-        if progress is not None:
-            progress("msd", done_ions[0], disp.n_mobile)
-
-    return analyze_displacements(
-        disp,
-        species=species,
-        temperature_k=float(temperature_k),
+    analysis = Diffusion(
         fit=fit,
         fit_window_ps=fit_window_ps,
         ion_charge=ion_charge,
         hop_length_a=hop_length_a,
         min_hops=min_hops,
-        min_obs=meta_min_obs,
-        drift_reference=ref_label,
-        source=label,
-        progress=_msd_progress,
+        progress=progress,
     )
+    pymatgen = fit == "pymatgen"
+    results = analyze_trajectory(
+        path,
+        [analysis],
+        species=species,
+        temperature_k=temperature_k,
+        frame_interval_fs=frame_interval_fs,
+        drift_reference="framework" if pymatgen else drift_reference,
+        mass_weighted=not pymatgen,
+        skip_frames=skip_frames,
+        chunk_frames=chunk_frames,
+        structure=structure,
+        format=format,
+        progress=progress,
+        require_temperature=True,
+    )
+    return results["diffusion"]
 
 
 def analyze_arrays(
@@ -980,21 +944,16 @@ def analyze_arrays(
     positions = np.asarray(positions)
     if positions.ndim != 3 or positions.shape[2] != 3:
         raise UserInputError(f"positions must be (frames, atoms, 3), got {positions.shape}")
-    if fit == "pymatgen":
-        drift_reference = "framework"
-    mobile, ref, weights, label = select_atoms(
-        species_per_atom, species, drift_reference, fixed_atoms, mass_weighted=(fit != "pymatgen")
-    )
-    acc = DisplacementAccumulator(positions.shape[1], mobile, ref, weights, positions.shape[0])
-    lat = np.asarray(lattice, dtype=np.float64)
-    step = 4096
-    for s in range(0, positions.shape[0], step):
-        acc.add_chunk(positions[s : s + step], lat if lat.ndim == 2 else lat[s : s + step])
-    return analyze_displacements(
-        acc.result(frame_interval_fs),
+    pymatgen = fit == "pymatgen"
+    return analyze_in_memory(
+        positions,
+        lattice,
+        species_per_atom,
+        [Diffusion(fit=fit, **kwargs)],
         species=species,
         temperature_k=temperature_k,
-        fit=fit,
-        drift_reference=label,
-        **kwargs,
-    )
+        frame_interval_fs=frame_interval_fs,
+        fixed_atoms=fixed_atoms,
+        drift_reference="framework" if pymatgen else drift_reference,
+        mass_weighted=not pymatgen,
+    )["diffusion"]

@@ -2,12 +2,12 @@
 
 Two stages, both with bounded memory:
 
-1. :class:`DisplacementAccumulator` walks over a trajectory in chunks of frames,
-   unwraps periodic jumps (minimum image of the *fractional* step between
-   consecutive frames, so per-frame lattices — NPT — work), removes the drift of a
-   chosen reference group (default: the mass-weighted centre of mass of every
-   non-mobile atom) and keeps only the mobile ions' displacements, as float32
-   (a 500,000-frame × 60-ion run is 360 MB).
+1. :class:`DisplacementAccumulator` keeps the mobile ions' unwrapped, drift-corrected
+   displacements, as float32 (a 500,000-frame × 60-ion run is 360 MB), from chunks
+   unwrapped by :class:`ionflow.analysis.stream.Unwrapper` (minimum image of the
+   *fractional* step between consecutive frames, so per-frame lattices — NPT — work;
+   drift of a chosen reference group, by default the mass-weighted centre of mass of
+   every non-mobile atom).
 2. :func:`msd_fft` computes the MSD over *every* time origin for every lag with the
    FFT (Wiener–Khinchin) algorithm, O(T log T) per ion, a few ions at a time.
 
@@ -108,7 +108,7 @@ class Displacements:
 
 
 class DisplacementAccumulator:
-    """Accumulate unwrapped, drift-corrected displacements chunk by chunk.
+    """Accumulate unwrapped, drift-corrected displacements of the mobile ions chunk by chunk.
 
     Parameters
     ----------
@@ -123,6 +123,9 @@ class DisplacementAccumulator:
         plain average); normalised internally.
     n_frames_hint
         Expected number of frames (pre-allocates; grows if exceeded).
+    unwrapper
+        A shared :class:`~ionflow.analysis.stream.Unwrapper` (streamed analyses: the
+        driver unwraps once and calls :meth:`add`); None → an own one (:meth:`add_chunk`).
     """
 
     def __init__(
@@ -132,26 +135,17 @@ class DisplacementAccumulator:
         reference_indices: Sequence[int],
         reference_weights: Sequence[float] | None = None,
         n_frames_hint: int = 1024,
+        *,
+        unwrapper=None,
     ) -> None:
-        self.n_atoms = int(n_atoms)
+        from ionflow.analysis.stream import Unwrapper
+
         self.mobile_indices = np.asarray(mobile_indices, dtype=int)
         self.reference_indices = np.asarray(reference_indices, dtype=int)
-        if reference_weights is None:
-            reference_weights = np.ones(len(self.reference_indices))
-        w = np.asarray(reference_weights, dtype=np.float64)
-        self._ref_w = w / w.sum() if w.size else w
-        self._ref_w_full = np.zeros(self.n_atoms)
-        self._ref_w_full[self.reference_indices] = self._ref_w
-        self._all_last = np.zeros((self.n_atoms, 3))  # unwrapped displacement, all atoms
-        self._mobile_last = np.zeros((len(self.mobile_indices), 3))
-        self._drift_last = np.zeros(3)
+        self._unwrap = unwrapper or Unwrapper(n_atoms, reference_indices, reference_weights)
         self._buf = np.zeros((max(int(n_frames_hint), 1), len(self.mobile_indices), 3), np.float32)
         self._drift = np.zeros((self._buf.shape[0], 3), np.float64)
         self._n = 0
-        self._prev_frac: np.ndarray | None = None
-        self._vol_sum = 0.0
-        self._first_vol = float("nan")
-        self._max_ref_ms = 0.0
 
     def _grow(self, need: int) -> None:
         if need <= self._buf.shape[0]:
@@ -165,51 +159,17 @@ class DisplacementAccumulator:
 
     def add_chunk(self, positions: np.ndarray, lattices: np.ndarray) -> None:
         """Add frames: positions (k, n_atoms, 3) Cartesian Å; lattices (k, 3, 3) or (3, 3)."""
-        pos = np.asarray(positions, dtype=np.float64)
-        k, n_atoms = pos.shape[0], pos.shape[1]
-        if k == 0:
+        if np.asarray(positions).shape[0] == 0:
             return
-        lat = np.asarray(lattices, dtype=np.float64)
-        if lat.ndim == 3 and np.all(lat == lat[0]):
-            lat = lat[0]
-        if lat.ndim == 2:  # constant cell: plain BLAS products
-            inv = np.linalg.inv(lat)
-            frac = (pos.reshape(-1, 3) @ inv).reshape(k, n_atoms, 3)
-            vols = np.full(k, abs(np.linalg.det(lat)))
-        else:  # per-frame cell (NPT)
-            frac = np.einsum("fai,fij->faj", pos, np.linalg.inv(lat))
-            vols = np.abs(np.linalg.det(lat))
-        if self._prev_frac is None:
-            self._first_vol = float(vols[0])
-            prev = frac[:1]
-        else:
-            prev = self._prev_frac[None]
-        dfrac = np.diff(np.concatenate([prev, frac], axis=0), axis=0)
-        dfrac -= np.round(dfrac)
-        if lat.ndim == 2:
-            steps = (dfrac.reshape(-1, 3) @ lat).reshape(k, n_atoms, 3)
-        else:
-            steps = np.einsum("fai,fij->faj", dfrac, lat)
-        # drift = cumulative weighted mean step of the reference atoms (no per-atom cumsum)
-        if self._ref_w.size:
-            drift = np.cumsum(np.tensordot(steps, self._ref_w_full, axes=([1], [0])), axis=0)
-        else:
-            drift = np.zeros((k, 3))
-        drift += self._drift_last[None]
-        mobile = np.cumsum(steps[:, self.mobile_indices], axis=0)
-        mobile += self._mobile_last[None]
+        self.add(self._unwrap.chunk(positions, lattices))
+
+    def add(self, chunk) -> None:
+        """Add an unwrapped :class:`~ionflow.analysis.stream.FrameChunk`."""
+        k = chunk.n_frames
         self._grow(self._n + k)
-        self._buf[self._n : self._n + k] = mobile - drift[:, None, :]
-        self._drift[self._n : self._n + k] = drift
-        self._all_last += steps.sum(axis=0)
-        self._mobile_last = mobile[-1]
-        self._drift_last = drift[-1]
-        if self.reference_indices.size:  # framework diagnostic, sampled at chunk ends
-            ref = self._all_last[self.reference_indices] - drift[-1]
-            self._max_ref_ms = max(self._max_ref_ms, float(np.mean(np.sum(ref**2, axis=1))))
+        self._buf[self._n : self._n + k] = chunk.displacements(self.mobile_indices)
+        self._drift[self._n : self._n + k] = chunk.drift
         self._n += k
-        self._prev_frac = frac[-1]
-        self._vol_sum += float(vols.sum())
 
     def result(self, frame_interval_fs: float) -> Displacements:
         """The accumulated displacements (views, no copy)."""
@@ -218,9 +178,9 @@ class DisplacementAccumulator:
             mobile=self._buf[:n],
             drift=self._drift[:n],
             frame_interval_fs=float(frame_interval_fs),
-            mean_volume_a3=self._vol_sum / max(n, 1),
-            first_volume_a3=self._first_vol,
-            max_reference_rms_a=float(np.sqrt(self._max_ref_ms)),
+            mean_volume_a3=self._unwrap.mean_volume_a3,
+            first_volume_a3=self._unwrap.first_volume,
+            max_reference_rms_a=self._unwrap.max_reference_rms_a,
             mobile_indices=self.mobile_indices,
             reference_indices=self.reference_indices,
         )
