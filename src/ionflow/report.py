@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ionflow.errors import UserInputError
+from ionflow.errors import UserInputError, printable
 from ionflow.results import (
     RunAnalysis,
     ea_resolved,
@@ -501,8 +501,16 @@ def _html(sections: list[MaterialSection], title: str, meta: str) -> str:
 # ----------------------------------------------------------------------------- Markdown
 
 
+def _md_text(x: Any) -> str:
+    """Text read back from the database, inert in Markdown: one line (no block can start),
+    control characters escaped, no raw HTML (``<`` before a tag name, ``/``, ``!`` or ``?``
+    becomes ``&lt;``) and no link or image (``](`` is escaped)."""
+    text = printable(" ".join(str(x).split()))
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text).replace("](", "\\](")
+
+
 def _md_cell(x: Any) -> str:
-    return str(x).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return _md_text(str(x).replace("\\", "\\\\").replace("|", "\\|"))
 
 
 def _md_table(columns, rows) -> list[str]:
@@ -513,19 +521,23 @@ def _md_table(columns, rows) -> list[str]:
 
 
 def _markdown(sections: list[MaterialSection], title: str, meta: str) -> str:
-    lines = [f"# {title}", "", f"_{meta}_", "", "## Summary", "", _basis_text(sections), ""]
+    lines = [f"# {_md_text(title)}", "", f"_{meta}_", "", "## Summary", ""]
+    lines += [_md_text(_basis_text(sections)), ""]
     lines += _md_table(SUMMARY_COLUMNS, [_summary_cells(sec.summary) for sec in sections])
     for sec in sections:
         s = sec.summary
         lines += [
-            f"## {s.material} — {s.formula} ({s.campaign})",
+            _md_text(f"## {s.material} — {s.formula} ({s.campaign})"),
             "",
-            f"engine {s.engine_md} (relax {s.engine_relax}), {s.n_atoms_supercell} atoms, "
-            f"mobile {s.mobile_species}; **pinned control: {s.pinned_verdict}**",
+            _md_text(
+                f"engine {s.engine_md} (relax {s.engine_relax}), {s.n_atoms_supercell} atoms, "
+                f"mobile {s.mobile_species};"
+            )
+            + f" **pinned control: {_md_text(s.pinned_verdict)}**",
             "",
             "### 300 K extrapolation",
             "",
-            *(f"- {line}" for line in _extrapolation_lines(s)),
+            *(f"- {_md_text(line)}" for line in _extrapolation_lines(s)),
             "",
             "### Runs",
             "",
@@ -541,11 +553,11 @@ def _markdown(sections: list[MaterialSection], title: str, meta: str) -> str:
             lines += [
                 f"![{_md_cell(fig.caption)}]({FIGURES_DIR}/{fig.filename})",
                 "",
-                f"*{fig.caption}*",
+                f"*{_md_text(fig.caption)}*",
                 "",
             ]
         if sec.notes:
-            lines += ["### Notes", "", *(f"- {n}" for n in sec.notes), ""]
+            lines += ["### Notes", "", *(f"- {_md_text(n)}" for n in sec.notes), ""]
     return "\n".join(lines)
 
 
