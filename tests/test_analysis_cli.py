@@ -177,7 +177,8 @@ def test_arrhenius_cli_recovers_activation_energy(arrhenius_series) -> None:
     assert abs(doc["ea_ev"] - EA_TRUE) <= 3 * doc["ea_err_ev"]
     # D0 = R0·a²/6 with R0 = RATE_600·exp(EA/k·600), a = 2.5 Å (synthetic default)
     d0_true = RATE_600 * math.exp(EA_TRUE / (K_EV * 600.0)) * 2.5**2 / 6 * 1e-4
-    assert math.log(doc["d0_cm2_s"] / d0_true) == pytest.approx(0.0, abs=1.0)
+    assert 0 < doc["ln_d0_err"] < 1.0  # resolved
+    assert abs(math.log(doc["d0_cm2_s"] / d0_true)) <= 3 * doc["ln_d0_err"]
     lo, hi = doc["sigma_at_t_interval_ms_cm"]
     lo95, hi95 = doc["sigma_at_t_interval95_ms_cm"]
     assert lo95 < lo < doc["sigma_at_t_ms_cm"] < hi < hi95

@@ -10,6 +10,7 @@ checkpoint with exactly the planned number of frames).
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -308,10 +309,10 @@ def test_chgnet_campaign_end_to_end(project):
         md = [d["output"] for d in mdb["outputs"].find({"name": {"$regex": "^md "}})]
         assert len(md) == 2
         for out in md:
-            assert "CHGNet" in json.dumps(out["md"]) or out["engine"] == "chgnet"
-            assert (
-                0.5 * out["temperature_k"]
-                < out["md"]["mean_temperature_k"]
-                < 1.5 * out["temperature_k"]
-            )
+            assert out["engine"] == "chgnet"
+            # canonical ensemble: the instantaneous free-DOF temperature has a relative SD
+            # of √(2/n_dof); the production mean lies within 3 of those (a run without a
+            # working thermostat equipartitions down to ~T/2 and fails this)
+            t, n_dof = out["temperature_k"], out["md"]["n_free_degrees_of_freedom"]
+            assert abs(out["md"]["mean_temperature_k"] - t) <= 3 * t * math.sqrt(2 / n_dof)
     assert os.path.exists(project / "ionflow-data" / "runs" / "chgnet-campaign" / "Li3N")
