@@ -225,7 +225,7 @@ def _show(value: Any, limit: int = 60) -> str:
         if isinstance(v, bool | int | float):
             return emit(_fmt_num(v))
         if isinstance(v, str):
-            return emit("'" + printable(v, budget[0] + 1) + "'")
+            return emit("'" + printable(v, max(budget[0] - 2, 4)) + "'")
         if isinstance(v, bytes | bytearray):
             return emit(printable(repr(bytes(v[: budget[0]])), budget[0] + 1))
         if isinstance(v, dict | list | tuple | set | frozenset):
@@ -287,6 +287,18 @@ def _choice(kind: str, allowed: Sequence[str]):
         return key
 
     return BeforeValidator(check)
+
+
+_YAML11_TEXT_NUMBER = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][0-9]+")
+
+
+def _yaml_number_hint(value: Any) -> str:
+    """YAML 1.1 reads ``1e3`` and ``1.0e30`` as text: the exponent needs a sign."""
+    if isinstance(value, str) and len(value) < 40 and _YAML11_TEXT_NUMBER.fullmatch(value.strip()):
+        mantissa, _, exponent = value.strip().lower().partition("e")
+        fixed = f"{mantissa if '.' in mantissa else mantissa + '.0'}e+{exponent}"
+        return f" (YAML reads {value.strip()} as text; write {fixed})"
+    return ""
 
 
 def _yaml_bool_hint(value: Any) -> str:
@@ -1030,7 +1042,9 @@ def _pydantic_problems(
             hint = _suggest(loc[-1], allowed)
             msg = "unknown key" + (hint or f"; allowed keys: {', '.join(allowed)}")
         elif kind in _TYPE_WORDS:
-            msg = f"{_TYPE_WORDS[kind]}, got {_short(err['input'])}"
+            msg = f"{_TYPE_WORDS[kind]}, got {_short(err['input'])}" + _yaml_number_hint(
+                err["input"]
+            )
             if kind in ("string_type", "model_type", "dict_type"):
                 msg += _yaml_bool_hint(err["input"])
         elif kind == "too_short" and isinstance(err["input"], list) and not err["input"]:
@@ -1311,13 +1325,15 @@ def _read_yaml(path: Path, label: str) -> tuple[Any, list[str]]:
         loader = _Loader(text)
         loader.duplicates = []
         data = loader.get_single_data()
-    except CampaignSpecError:
+    except UserInputError:  # our limits (CampaignSpecError), a bad IONFLOW_MAX_* value
         raise
     except yaml.YAMLError as exc:
         raise CampaignSpecError([_yaml_error_line(label, exc)]) from None
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
         # e.g. an integer of more than 4300 digits, a malformed !!binary or timestamp
         what = next((x for x in str(exc).splitlines() if x.strip()), type(exc).__name__)
+        if "integer string conversion" in what:
+            what = "a number with more than 4300 digits"
         raise CampaignSpecError(
             [f"{label}: cannot read a value: {printable(what.strip(), 200)}"]
         ) from None
