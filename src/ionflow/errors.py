@@ -46,3 +46,15 @@ def printable(text: object, limit: int | None = None) -> str:
     if not text.isprintable():
         text = "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text)
     return text + "…" if cut else text
+
+
+class EnvironmentFailure(RuntimeError):
+    """The environment failed, not the input: the database cannot be reached or refuses the
+    credentials, the disk is full, the embedded server cannot start. Printed as one line by
+    the CLI (never with a password), exit status 3."""
+
+
+#: Exit statuses of the CLI (documented in the README).
+EXIT_JOBS_FAILED = 1
+EXIT_USER_INPUT = 2
+EXIT_ENVIRONMENT = 3

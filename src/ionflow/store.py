@@ -106,7 +106,7 @@ from jobflow import JobStore
 from jobflow.managers.fireworks import JobFiretask
 from pydantic import BaseModel, ConfigDict, Field
 
-from ionflow.errors import UserInputError
+from ionflow.errors import EnvironmentFailure, UserInputError
 from ionflow.uris import check_mongo_uri, redact_uri
 from ionflow.uris import uri_secrets as _uri_secrets
 
@@ -140,6 +140,12 @@ BLOBS_COLLECTION = "outputs_blobs"
 
 _SERVER_EXECUTABLE = "secantusd-py"
 _LOCAL_HOST = "127.0.0.1"
+#: How long every client waits for the server before an operation fails (pymongo's
+#: ``serverSelectionTimeoutMS``; its default, 30 s, retried by FireWorks and the stores,
+#: made a killed database look like a ~90 s hang). ``IONFLOW_DB_TIMEOUT_S`` overrides it; a
+#: ``serverSelectionTimeoutMS`` in the URI or the launchpad file's ``mongoclient_kwargs`` wins.
+DB_TIMEOUT_ENV = "IONFLOW_DB_TIMEOUT_S"
+DEFAULT_DB_TIMEOUT_S = 15.0
 
 
 # ----------------------------------------------------------------------------- settings
@@ -829,12 +835,15 @@ class ResolvedDatabase:
         return paths
 
     def ping(self, timeout_s: float = 10.0) -> None:
-        """Raise ``RuntimeError`` (redacted) unless the JobStore server answers ``ping``."""
+        """Raise :class:`~ionflow.errors.EnvironmentFailure` (one line, host:port, never the
+        password) unless the JobStore server answers ``ping`` within ``timeout_s``."""
         from pymongo.errors import PyMongoError
 
         kwargs = dict(self.mongoclient_kwargs)
         ms = int(timeout_s * 1000)
-        kwargs.setdefault("serverSelectionTimeoutMS", ms)
+        kwargs["serverSelectionTimeoutMS"] = min(
+            int(kwargs.get("serverSelectionTimeoutMS", ms)), ms
+        )
         kwargs.setdefault("connectTimeoutMS", ms)
         try:
             import pymongo
@@ -845,8 +854,9 @@ class ResolvedDatabase:
             finally:
                 client.close()
         except PyMongoError as exc:
-            message = _scrub(f"{type(exc).__name__}: {exc}", _uri_secrets(self.uri))
-            raise RuntimeError(f"cannot reach {self.description}: {message}") from None
+            raise EnvironmentFailure(
+                database_error_message(exc, self, kwargs["serverSelectionTimeoutMS"] / 1000)
+            ) from None
 
 
 def _uri_from_launchpad(d: dict[str, Any]) -> str:
@@ -866,6 +876,78 @@ def _uri_from_launchpad(d: dict[str, Any]) -> str:
     return f"mongodb://{host}:{port}/"
 
 
+def db_timeout_s() -> float:
+    """Seconds a client waits for the database (``IONFLOW_DB_TIMEOUT_S``, default 15)."""
+    raw = os.environ.get(DB_TIMEOUT_ENV)
+    try:
+        value = float(raw) if raw else DEFAULT_DB_TIMEOUT_S
+    except ValueError:
+        raise UserInputError(f"{DB_TIMEOUT_ENV}={raw!r}: expected a number of seconds") from None
+    if not value > 0:
+        raise UserInputError(f"{DB_TIMEOUT_ENV}={raw!r}: must be > 0")
+    return value
+
+
+def _with_timeout(uri: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``serverSelectionTimeoutMS`` unless the URI or ``kwargs`` set it."""
+    out = dict(kwargs)
+    if "serverselectiontimeoutms" in uri.lower() or any(
+        k.lower() == "serverselectiontimeoutms" for k in out
+    ):
+        return out
+    out["serverSelectionTimeoutMS"] = int(db_timeout_s() * 1000)
+    return out
+
+
+def db_hosts(uri: str) -> str:
+    """``host:port`` (comma-separated) of a MongoDB URI, without credentials."""
+    try:
+        from pymongo.uri_parser import parse_uri
+
+        nodes = parse_uri(uri, connect_timeout=1, validate=False).get("nodelist") or []
+        if nodes:
+            return ",".join(f"{h}:{p}" for h, p in nodes)
+    except Exception:  # SRV lookups, malformed: fall back to the redacted netloc
+        pass
+    rest = uri.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    return rest.rpartition("@")[2] or "<unparsable MongoDB URI>"
+
+
+def database_error_message(
+    exc: BaseException, db: ResolvedDatabase | None = None, timeout_s: float | None = None
+) -> str:
+    """One line for a pymongo failure: ``cannot reach the database at host:port (cause)``.
+
+    Names the server (never the password) and the cause in a few words; the wait was bounded
+    by :func:`db_timeout_s`.
+    """
+    from pymongo.errors import OperationFailure
+
+    uri = db.uri if db is not None else None
+    where = db_hosts(uri) if uri else "the configured server"
+    text = " ".join(str(exc).split())
+    if uri:
+        text = _scrub(text, _uri_secrets(uri))
+    if isinstance(exc, OperationFailure) and (
+        getattr(exc, "code", None) in (13, 18) or "auth" in text.lower()
+    ):
+        cause = f"authentication failed: {text[:160]}"
+        return f"cannot use the database at {where} ({type(exc).__name__}: {cause})"
+    cause = text.split(", Timeout:")[0].split(" (configured timeouts")[0]
+    if len(cause) > 200:
+        cause = cause[:200] + "…"
+    timeout = timeout_s if timeout_s is not None else db_timeout_s()
+    return (
+        f"cannot reach the database at {where} ({type(exc).__name__}: {cause}; no answer "
+        f"within {timeout:g} s)"
+    )
+
+
+#: The database the last :func:`resolve_database` of this process returned (the CLI names
+#: its host:port when an operation fails).
+LAST_RESOLVED: ResolvedDatabase | None = None
+
+
 def resolve_database(settings: DatabaseSettings, *, check: bool = True) -> ResolvedDatabase:
     """Turn settings into a concrete database, starting the embedded server if needed.
 
@@ -874,8 +956,8 @@ def resolve_database(settings: DatabaseSettings, *, check: bool = True) -> Resol
     settings
         Database settings.
     check
-        Ping the server (10 s) and raise ``RuntimeError`` if it does not answer. The local
-        server is always checked.
+        Ping the server (10 s) and raise :class:`~ionflow.errors.EnvironmentFailure` (a
+        ``RuntimeError``) if it does not answer. The local server is always checked.
 
     Returns
     -------
@@ -888,6 +970,7 @@ def resolve_database(settings: DatabaseSettings, *, check: bool = True) -> Resol
     RuntimeError
         The server cannot be started or reached.
     """
+    global LAST_RESOLVED
     database = settings.database
     fw_database = settings.fireworks_database or f"{database}_fireworks"
     lp_file_config: dict[str, Any] | None = None
@@ -911,13 +994,18 @@ def resolve_database(settings: DatabaseSettings, *, check: bool = True) -> Resol
 
     if settings.uri is not None:
         uri = check_mongo_uri(settings.uri, "database uri")
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = _with_timeout(uri, {})
         where = redact_uri(uri)
         if lp_file_config is None:
-            lp_config = {"host": uri, "uri_mode": True, "name": fw_database}
+            lp_config = {
+                "host": uri,
+                "uri_mode": True,
+                "name": fw_database,
+                "mongoclient_kwargs": dict(kwargs),
+            }
             description = f"{where} (results: db {database!r}; FireWorks: db {fw_database!r})"
         else:
-            lp_config = lp_file_config
+            lp_config = _launchpad_with_timeout(lp_file_config)
             description = (
                 f"{where} (results: db {database!r}); FireWorks: launchpad file "
                 f"{settings.launchpad_file} (db {lp_config.get('name')!r})"
@@ -925,23 +1013,47 @@ def resolve_database(settings: DatabaseSettings, *, check: bool = True) -> Resol
         resolved = ResolvedDatabase(uri, database, description, None, kwargs, lp_config)
     elif lp_file_config is not None:
         uri = _uri_from_launchpad(lp_file_config)
-        kwargs = dict(lp_file_config.get("mongoclient_kwargs") or {})
+        kwargs = _with_timeout(uri, dict(lp_file_config.get("mongoclient_kwargs") or {}))
         description = (
             f"{redact_uri(uri)} from launchpad file {settings.launchpad_file} (results: db "
             f"{database!r}; FireWorks: db {lp_file_config.get('name') or 'fireworks'!r})"
         )
-        resolved = ResolvedDatabase(uri, database, description, None, kwargs, lp_file_config)
+        lp_config = _launchpad_with_timeout(lp_file_config)
+        resolved = ResolvedDatabase(uri, database, description, None, kwargs, lp_config)
     else:
-        server = LocalServer.ensure(settings.data_dir)
+        try:
+            server = LocalServer.ensure(settings.data_dir)
+        except EnvironmentFailure:
+            raise
+        except RuntimeError as exc:
+            raise EnvironmentFailure(str(exc)) from None
         description = (
             f"local SecantusDB {server.uri} (pid {server.pid}, data {server.data_dir}; results: "
             f"db {database!r}; FireWorks: db {fw_database!r})"
         )
-        lp_config = {"host": server.uri, "uri_mode": True, "name": fw_database}
-        return ResolvedDatabase(server.uri, database, description, server, {}, lp_config)
+        kwargs = _with_timeout(server.uri, {})
+        lp_config = {
+            "host": server.uri,
+            "uri_mode": True,
+            "name": fw_database,
+            "mongoclient_kwargs": dict(kwargs),
+        }
+        LAST_RESOLVED = ResolvedDatabase(
+            server.uri, database, description, server, kwargs, lp_config
+        )
+        return LAST_RESOLVED
     if check:
         resolved.ping()
+    LAST_RESOLVED = resolved
     return resolved
+
+
+def _launchpad_with_timeout(config: dict[str, Any]) -> dict[str, Any]:
+    """A launchpad-file config with the client timeout added to its ``mongoclient_kwargs``."""
+    out = dict(config)
+    host = str(out.get("host") or "")
+    out["mongoclient_kwargs"] = _with_timeout(host, dict(out.get("mongoclient_kwargs") or {}))
+    return out
 
 
 # ----------------------------------------------------------------------------- FireWorks
@@ -1087,7 +1199,15 @@ class IonflowJobFiretask(JobFiretask):
             job.metadata.update({"fw_id": self.fw_id})
 
         initialize_logger()
-        response = job.run(store=store)
+        # the lease (heartbeat + fencing, see ionflow.lease): a worker whose claim on this
+        # firework was taken over stops writing, and its output write is refused
+        from ionflow.lease import fenced_store, task_lease
+
+        with (
+            task_lease(getattr(self, "launchpad", None), getattr(self, "fw_id", None)) as lease,
+            fenced_store(store, lease),
+        ):
+            response = job.run(store=store)
 
         detours = None
         additions = None

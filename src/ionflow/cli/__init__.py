@@ -25,6 +25,7 @@ app = typer.Typer(
 def _register() -> None:
     # imported for their side effect of adding commands to `app`
     import ionflow.cli.campaign_cmds  # noqa: F401
+    import ionflow.cli.db_cmds  # noqa: F401
     import ionflow.cli.hpc_cmds  # noqa: F401
     import ionflow.cli.results_cmds  # noqa: F401
     import ionflow.cli.vasp_cmds  # noqa: F401
@@ -37,6 +38,28 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
     print(f"warning: {text}", file=file or sys.stderr)
 
 
+def environment_message(exc: BaseException) -> str | None:
+    """One line for an environment failure (database unreachable or refusing the
+    credentials, disk full), or ``None`` when ``exc`` is not one."""
+    import errno
+
+    from ionflow.errors import EnvironmentFailure
+
+    if isinstance(exc, EnvironmentFailure):
+        return str(exc)
+    if type(exc).__module__.startswith(("pymongo", "gridfs")):
+        from pymongo.errors import PyMongoError
+
+        if isinstance(exc, PyMongoError):
+            from ionflow.store import LAST_RESOLVED, database_error_message
+
+            return database_error_message(exc, LAST_RESOLVED)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or 'no space left on device'}{where} (free space, then rerun)"
+    return None
+
+
 def _safe_text(text: str) -> str:
     """A message as printed: every line escaped (no raw terminal escape sequence or other
     control character from the input reaches the terminal) and cut at MAX_MESSAGE_LINE."""
@@ -46,8 +69,11 @@ def _safe_text(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; user errors become one line on stderr and exit 2."""
+    """Entry point: run the app; user errors become one line on stderr and exit 2,
+    environment failures (database, disk) one line and exit 3."""
     import warnings
+
+    from ionflow.errors import EXIT_ENVIRONMENT
 
     warnings.showwarning = _one_line_warning
     _register()
@@ -72,4 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             text = " ".join(str(exc.format_message()).split())
             print(f"error: {_safe_text(text)} (see `{command} --help`)", file=sys.stderr)
             raise SystemExit(2) from None
+        message = environment_message(exc)
+        if message is not None:
+            print(f"error: {message}", file=sys.stderr)
+            raise SystemExit(EXIT_ENVIRONMENT) from None
         raise

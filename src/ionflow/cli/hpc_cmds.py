@@ -49,7 +49,8 @@ ExpirationOpt = Annotated[
     typer.Option(
         "--expiration-secs",
         help="Also count RUNNING jobs without a FireWorks ping for this long as lost "
-        "(pings come hourly by default)",
+        "(FireWorks pings hourly; ionflow workers' leases are always checked and a live "
+        "lease is never taken over)",
     ),
 ]
 
@@ -219,7 +220,7 @@ def launch_cmd(
     ] = False,
     interval: Annotated[float, typer.Option(min=0.5, help="Seconds between --watch rounds")] = 30,
     max_wait: Annotated[
-        float | None, typer.Option(help="Give up --watch after this many seconds (exit 3)")
+        float | None, typer.Option(help="Give up --watch after this many seconds (exit 4)")
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Show what would be submitted")
@@ -280,7 +281,7 @@ def launch_cmd(
             return
         if max_wait is not None and time.monotonic() - start > max_wait:
             _warn(f"--max-wait {max_wait:g} s reached before the campaign finished")
-            raise typer.Exit(3)
+            raise typer.Exit(4)  # 3 is an environment failure (database, disk)
         time.sleep(interval)
         # the embedded server may have been restarted on another port: resolve again, which
         # also rewrites the worker files that jobs read when they start
