@@ -6,10 +6,17 @@ positions, momenta and thermostat state). This job gives it a *stable* working d
 dies (walltime, node failure, Ctrl-C) and is rerun by FireWorks resumes from its last
 checkpoint instead of from zero. At the end the production frames go to GridFS as a float32
 ``.npz`` (:mod:`ionflow.trajectories`); the job output holds only a reference.
+
+One writer at a time (:mod:`ionflow.lease`): the job holds the run directory's lock
+(:class:`~ionflow.lease.RunDirLock`) while it runs, and every write — frames, checkpoints,
+the stored trajectory — first checks that lock and the worker's lease on the firework, so a
+worker whose job was taken over stops writing. The stored trajectory replaces earlier files
+of the same job (never an orphan in GridFS).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -87,13 +94,11 @@ class MLMDMaker(Maker):
     @job(config=JobConfig(expose_store=True))
     def make(self, structure, fixed_indices: list[int] | None = None):
         """Run (or resume) the MD; output: trajectory reference and run statistics."""
-        from jobflow import CURRENT_JOB
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        from ionflow.md import MDSettings, run_md
-        from ionflow.potentials import get_calculator
+        from ionflow.lease import RunDirLock, current_lease
+        from ionflow.md import MDSettings
         from ionflow.structure import with_selective_dynamics
-        from ionflow.trajectories import put_npz, traj_to_npz
 
         fixed = sorted(int(i) for i in (fixed_indices or []))
         if self.variant == "pinned" and not fixed:
@@ -126,6 +131,29 @@ class MLMDMaker(Maker):
         }
         workdir = run_directory(self.run_root, self.campaign, self.material, self.tag, key)
         workdir.mkdir(parents=True, exist_ok=True)
+        lease = current_lease()
+        try:
+            with RunDirLock(workdir) as dirlock:
+
+                def guard() -> None:
+                    if lease is not None:
+                        lease.check()
+                    dirlock.check()
+
+                return self._run_locked(workdir, atoms, settings, fixed, guard)
+        except OSError as exc:  # name the directory when the OS did not (disk full)
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, exc.strerror, str(workdir)) from exc
+            raise
+
+    def _run_locked(self, workdir: Path, atoms, settings, fixed: list[int], guard):
+        """The MD, the trajectory file and its upload, holding the run directory's lock."""
+        from jobflow import CURRENT_JOB
+
+        from ionflow.md import run_md
+        from ionflow.potentials import get_calculator
+        from ionflow.trajectories import put_npz, traj_to_npz
+
         progress_file = workdir / "progress.json"
         last = [0.0]
 
@@ -148,8 +176,9 @@ class MLMDMaker(Maker):
                 tmp.replace(progress_file)
 
         calc = get_calculator(self.engine, **self.calculator_kwargs)
-        result = run_md(atoms, calc, settings, workdir, progress=progress)
+        result = run_md(atoms, calc, settings, workdir, progress=progress, guard=guard)
         frame_fs = self.time_step_fs * self.frame_interval_steps
+        guard()
         npz = traj_to_npz(
             Path(result.production_trajectory),
             workdir / "production.npz",
@@ -166,7 +195,9 @@ class MLMDMaker(Maker):
                 "variant": self.variant,
                 "temperature_k": self.temperature_k,
                 "job_uuid": CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
+                "workdir": str(workdir),
             },
+            guard=guard,
         )
         return {
             "campaign": self.campaign,

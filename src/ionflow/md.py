@@ -28,6 +28,14 @@ Files in ``workdir``
     equilibration frame (the same state), so there is no gap between the two.
 ``checkpoint.npz``
     Restart state (see above).
+``checkpoint.prev.npz``
+    The previous checkpoint generation (a hard link to the file ``checkpoint.npz`` replaced).
+    When ``checkpoint.npz`` cannot be read (corrupted, truncated, or counting more frames
+    than the trajectories hold) the run resumes from this generation instead, moves the
+    unreadable file aside as ``checkpoint.unreadable.npz`` and says so
+    (``MDRunResult.recovery_note`` and a warning in the job's log). When neither generation
+    is usable the run fails with :class:`UnusableCheckpointError`, naming the directory
+    and what to do.
 ``md_state.json``
     Human-readable metadata and progress: ``frame_interval_fs``, ``temperature_k``,
     ``time_step_fs``, ``thermostat``, ``fixed_indices``, ``n_free_degrees_of_freedom``,
@@ -103,13 +111,20 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ionflow.errors import UserInputError
 
+
+class UnusableCheckpointError(UserInputError):
+    """No checkpoint generation of an MD run directory can be resumed from."""
+
+
 __all__ = [
     "CHECKPOINT_NAME",
     "EQUILIBRATION_NAME",
+    "PREVIOUS_CHECKPOINT_NAME",
     "PRODUCTION_NAME",
     "STATE_NAME",
     "MDRunResult",
     "MDSettings",
+    "UnusableCheckpointError",
     "read_md_metadata",
     "run_md",
 ]
@@ -117,6 +132,8 @@ __all__ = [
 EQUILIBRATION_NAME = "equilibration.traj"
 PRODUCTION_NAME = "production.traj"
 CHECKPOINT_NAME = "checkpoint.npz"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.npz"
+UNREADABLE_CHECKPOINT_NAME = "checkpoint.unreadable.npz"
 STATE_NAME = "md_state.json"
 _CHECKPOINT_FORMAT = 1
 _NHC_CHAIN_LENGTH = 3
@@ -215,6 +232,11 @@ class MDRunResult(BaseModel):
     )
     wall_time_s: float = Field(description="Wall time of this call, s.")
     completed: bool = Field(description="True when all steps are done.")
+    recovery_note: str | None = Field(
+        default=None,
+        description="Set when this call resumed from the previous checkpoint generation "
+        "because the newest one was unreadable (what happened).",
+    )
 
 
 # ============================================================== public functions
@@ -227,6 +249,7 @@ def run_md(
     workdir: Path,
     *,
     progress: Callable[[int, int], None] | None = None,
+    guard: Callable[[], None] | None = None,
 ) -> MDRunResult:
     """Run (or resume) NVT equilibration + production MD, streaming frames to disk.
 
@@ -247,6 +270,9 @@ def run_md(
         Without a checkpoint, stale trajectories from an earlier attempt are replaced.
     progress
         Called as ``progress(steps_done, total_steps)`` each time a frame is saved.
+    guard
+        Called before every write to ``workdir`` (frames, checkpoints); it raises to stop
+        the run without writing (the fencing of :mod:`ionflow.lease`).
 
     Returns
     -------
@@ -256,7 +282,12 @@ def run_md(
     ------
     UserInputError
         Unsupported constraints, all atoms fixed, or a ``workdir`` holding a checkpoint
-        of a different run or trajectories shorter than its checkpoint says.
+        of a different run.
+    UnusableCheckpointError
+        Neither checkpoint generation can be resumed from (unreadable, or trajectories
+        shorter than it counts); the message names the directory and what to do.
+    OSError
+        A write failed (e.g. disk full); ``filename`` names the file.
     """
     t_start = time.perf_counter()
     workdir = Path(workdir)
@@ -282,12 +313,7 @@ def run_md(
     paths = _Paths(workdir)
     meta = _metadata(settings, fixed, n_dof, calculator, n_atoms)
 
-    ckpt = _load_checkpoint(paths.checkpoint) if paths.checkpoint.exists() else None
-    if ckpt is not None and str(ckpt["fingerprint"]) != fingerprint:
-        raise UserInputError(
-            f"{paths.checkpoint} belongs to a different MD run (other structure, fixed "
-            "atoms, settings or calculator); use a fresh workdir or delete that directory"
-        )
+    ckpt, recovery_note = _usable_checkpoint(paths, fingerprint, guard)
 
     total = settings.total_steps
     if ckpt is not None and bool(ckpt["completed"]):
@@ -299,11 +325,14 @@ def run_md(
             ckpt,
             resumed_from=int(ckpt["step"]),
             wall_time_s=time.perf_counter() - t_start,
+            recovery_note=recovery_note,
         )
 
     md_state = dict(meta)
+    if guard is not None:
+        guard()
     if ckpt is None:
-        for path in (paths.equilibration, paths.production):
+        for path in (paths.equilibration, paths.production, paths.previous):
             path.unlink(missing_ok=True)
         _initialize_momenta(work, fixed, settings.temperature_k, n_dof, settings.seed)
         counters = _Counters(step=0, n_eq=0, n_prod=0, t_sum=0.0, t_count=0)
@@ -339,6 +368,7 @@ def run_md(
         md_constraints=md_constraints,
         n_dof=n_dof,
         progress=progress,
+        guard=guard,
     )
     with runner, warnings.catch_warnings():
         # CHGNet converts the atoms with pymatgen, which warns about FixCom at each step.
@@ -359,6 +389,7 @@ def run_md(
         final,
         resumed_from=resumed_from,
         wall_time_s=time.perf_counter() - t_start,
+        recovery_note=recovery_note,
     )
 
 
@@ -406,6 +437,8 @@ class _Paths:
         self.equilibration = workdir / EQUILIBRATION_NAME
         self.production = workdir / PRODUCTION_NAME
         self.checkpoint = workdir / CHECKPOINT_NAME
+        self.previous = workdir / PREVIOUS_CHECKPOINT_NAME
+        self.unreadable = workdir / UNREADABLE_CHECKPOINT_NAME
         self.state = workdir / STATE_NAME
 
 
@@ -626,7 +659,9 @@ class _Runner:
         md_constraints: list[Any],
         n_dof: int,
         progress: Callable[[int, int], None] | None,
+        guard: Callable[[], None] | None = None,
     ) -> None:
+        self.guard = guard
         self.work = work
         self.integrator = integrator
         self.settings = settings
@@ -665,16 +700,20 @@ class _Runner:
             writer.close()
 
     def _write_frame(self, stage: str) -> None:
-        writer = self._writer(stage)
         # Make sure energy/forces are computed for this state (only the step-0 frame of a
         # fresh run is not already computed by the integrator; otherwise a cache hit).
         self.work.get_forces(md=True)
-        # Write the user's constraints only (not the internal FixCom).
-        self.work.constraints = self.user_constraints
-        try:
-            writer.write(self.work)
-        finally:
-            self.work.constraints = self.md_constraints
+        if self.guard is not None:
+            self.guard()
+        path = self.paths.equilibration if stage == "equilibration" else self.paths.production
+        with _naming(path):
+            writer = self._writer(stage)
+            # Write the user's constraints only (not the internal FixCom).
+            self.work.constraints = self.user_constraints
+            try:
+                writer.write(self.work)
+            finally:
+                self.work.constraints = self.md_constraints
 
     def on_step_done(self) -> None:
         s = self.settings
@@ -699,6 +738,8 @@ class _Runner:
             self.checkpoint(completed=step == s.total_steps)
 
     def checkpoint(self, completed: bool) -> None:
+        if self.guard is not None:
+            self.guard()
         # Frames first (flushed and synced), then the checkpoint that counts them.
         for writer in self._writers.values():
             _fsync_trajectory(writer)
@@ -720,7 +761,7 @@ class _Runner:
             "temperature_count": np.array(c.t_count),
         }
         arrays.update(self.integrator.get_state())
-        _atomic_savez(self.paths.checkpoint, arrays)
+        _atomic_savez(self.paths.checkpoint, arrays, previous=self.paths.previous)
         mean_t = c.t_sum / c.t_count if c.t_count else None
         self.md_state.update(
             step=c.step,
@@ -730,10 +771,22 @@ class _Runner:
             mean_temperature_k=mean_t,
             completed=completed,
         )
-        _atomic_write_text(self.paths.state, json.dumps(self.md_state, indent=1))
+        with _naming(self.paths.state):
+            _atomic_write_text(self.paths.state, json.dumps(self.md_state, indent=1))
 
 
 # ---------------------------------------------------------------- files
+
+
+@contextlib.contextmanager
+def _naming(path: Path):
+    """Re-raise an ``OSError`` without a file name (ENOSPC from ``write``) naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 def _fsync_trajectory(writer: Any) -> None:
@@ -746,13 +799,103 @@ def _fsync_trajectory(writer: Any) -> None:
         os.fsync(fd.fileno())
 
 
-def _atomic_savez(path: Path, arrays: dict[str, Any]) -> None:
+def _atomic_savez(path: Path, arrays: dict[str, Any], previous: Path | None = None) -> None:
+    """Write ``path`` atomically; the file it replaces becomes ``previous`` (a hard link)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with _naming(path):
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        if previous is not None and path.exists():
+            link = previous.with_name(previous.name + ".tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(path, link)
+            except OSError:  # no hard links on this file system: copy
+                import shutil
+
+                shutil.copyfile(path, link)
+            os.replace(link, previous)
+        os.replace(tmp, path)
+
+
+def _usable_checkpoint(
+    paths: _Paths, fingerprint: str, guard: Callable[[], None] | None
+) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """The newest checkpoint generation that can be resumed from, and a note if not the newest.
+
+    ``(None, None)``: no checkpoint at all (a fresh start). A readable checkpoint of another
+    run raises :class:`UserInputError`; when no generation is usable,
+    :class:`UnusableCheckpointError` names the directory and what to do.
+    """
+    if not paths.checkpoint.exists() and not paths.previous.exists():
+        return None, None
+    problems: list[str] = []
+    for path in (paths.checkpoint, paths.previous):
+        if not path.exists():
+            problems.append(f"{path.name}: missing")
+            continue
+        try:
+            ckpt = _read_checkpoint(path)
+        except ValueError as exc:
+            problems.append(f"{path.name}: {exc}")
+            continue
+        if str(ckpt["fingerprint"]) != fingerprint:
+            raise UserInputError(
+                f"{path} belongs to a different MD run (other structure, fixed "
+                "atoms, settings or calculator); use a fresh workdir or delete that directory"
+            )
+        short = _short_trajectory(paths, ckpt)
+        if short is not None:
+            problems.append(f"{path.name}: {short}")
+            continue
+        if path == paths.checkpoint:
+            return ckpt, None
+        note = (
+            f"{paths.checkpoint} was unusable ({problems[0].split(': ', 1)[-1]}); resumed from "
+            f"the previous checkpoint generation (step {int(ckpt['step'])}); the unusable "
+            f"file was kept as {paths.unreadable.name}"
+        )
+        if guard is not None:
+            guard()
+        if paths.checkpoint.exists():
+            os.replace(paths.checkpoint, paths.unreadable)
+        with _naming(paths.checkpoint):
+            import shutil
+
+            tmp = paths.checkpoint.with_name(paths.checkpoint.name + ".tmp")
+            shutil.copyfile(paths.previous, tmp)
+            os.replace(tmp, paths.checkpoint)
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
+        import logging
+
+        logging.getLogger("ionflow.md").warning(note)
+        return ckpt, note
+    raise UnusableCheckpointError(
+        f"MD run directory {paths.workdir}: no usable checkpoint, the run cannot be resumed; "
+        f"delete that directory to restart this MD from step 0 (rm -r '{paths.workdir}') and "
+        f"run again ({'; '.join(problems)})"
+    )
+
+
+def _short_trajectory(paths: _Paths, ckpt: dict[str, np.ndarray]) -> str | None:
+    """Why the trajectories on disk cannot back ``ckpt`` (fewer frames), or ``None``."""
+    for path, key in (
+        (paths.equilibration, "n_equilibration_frames"),
+        (paths.production, "n_production_frames"),
+    ):
+        need = int(ckpt[key])
+        if need == 0:
+            continue
+        count = _count_frames(path) if path.exists() else None
+        if count is None or count < need:
+            return f"{path.name} has {count or 0} readable frames but it counts {need}"
+    return None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -764,15 +907,48 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path) -> dict[str, np.ndarray]:
+_CHECKPOINT_KEYS = (
+    "fingerprint",
+    "step",
+    "completed",
+    "positions",
+    "momenta",
+    "cell",
+    "n_equilibration_frames",
+    "n_production_frames",
+    "temperature_sum_k",
+    "temperature_count",
+)
+
+
+def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a checkpoint; ``ValueError`` saying why it cannot be used."""
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise ValueError(f"unreadable ({exc.strerror})") from exc
+    if magic != b"PK\x03\x04":
+        raise ValueError("unreadable (not an .npz archive: corrupted or overwritten)")
     try:
         with np.load(path, allow_pickle=False) as data:
             ckpt = {key: data[key] for key in data.files}
-    except Exception as exc:  # a checkpoint is only ever replaced atomically
-        raise UserInputError(f"{path}: unreadable checkpoint ({exc}); use a fresh workdir") from exc
+    except Exception as exc:  # truncated, bad CRC, ...
+        text = " ".join(str(exc).split())[:120]
+        raise ValueError(f"unreadable ({type(exc).__name__}: {text})") from exc
     if int(ckpt.get("format", -1)) != _CHECKPOINT_FORMAT:
-        raise UserInputError(f"{path}: unknown checkpoint format; use a fresh workdir")
+        raise ValueError("unknown checkpoint format")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"incomplete (no {', '.join(missing)})")
     return ckpt
+
+
+def _load_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    try:
+        return _read_checkpoint(path)
+    except ValueError as exc:  # a checkpoint is only ever replaced atomically
+        raise UserInputError(f"{path}: checkpoint {exc}; use a fresh workdir") from exc
 
 
 def _count_frames(path: Path) -> int | None:
@@ -831,6 +1007,7 @@ def _result(
     *,
     resumed_from: int | None,
     wall_time_s: float,
+    recovery_note: str | None = None,
 ) -> MDRunResult:
     t_count = int(ckpt["temperature_count"])
     mean_t = float(ckpt["temperature_sum_k"]) / t_count if t_count else float("nan")
@@ -849,4 +1026,5 @@ def _result(
         n_free_degrees_of_freedom=n_dof,
         wall_time_s=wall_time_s,
         completed=bool(ckpt["completed"]),
+        recovery_note=recovery_note,
     )

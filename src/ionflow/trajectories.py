@@ -12,6 +12,7 @@ fallback when the database holds no copy, e.g. under mongomock).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 from pathlib import Path
@@ -102,8 +103,15 @@ def _database(store):
     return db
 
 
-def put_npz(store, npz_path: Path, metadata: dict) -> TrajectoryRef:
-    """Upload ``npz_path`` to GridFS (when the store is a real MongoDB) and describe it."""
+def put_npz(store, npz_path: Path, metadata: dict, guard=None) -> TrajectoryRef:
+    """Upload ``npz_path`` to GridFS (when the store is a real MongoDB) and describe it.
+
+    A stored trajectory *replaces*: once the new file is complete, earlier files of the same
+    job (``metadata["job_uuid"]``; else of the same ``metadata["workdir"]``) are deleted, so
+    a rerun or a duplicate run never leaves an orphan file. ``guard`` (the fencing of
+    :mod:`ionflow.lease`) is called before the upload and again before the older files are
+    deleted; when it raises after the upload, the new file is deleted again.
+    """
     from ionflow.analysis.readers import open_trajectory
 
     info = open_trajectory(str(npz_path)).info
@@ -122,12 +130,39 @@ def put_npz(store, npz_path: Path, metadata: dict) -> TrajectoryRef:
     if db is not None:
         import gridfs
 
+        if guard is not None:
+            guard()
         bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
         fid = bucket.upload_from_stream(
             ref.filename, io.BytesIO(data), metadata={**metadata, "sha256": ref.sha256}
         )
+        if guard is not None:
+            try:
+                guard()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    bucket.delete(fid)
+                raise
+        _delete_older(db, bucket, fid, metadata)
         ref.gridfs_id, ref.database = str(fid), db.name
     return ref
+
+
+def _delete_older(db, bucket, keep, metadata: dict) -> list:
+    """Delete the files of the same job (or run directory) other than ``keep``."""
+    if metadata.get("job_uuid"):
+        query = {"metadata.job_uuid": metadata["job_uuid"]}
+    elif metadata.get("workdir"):
+        query = {"metadata.workdir": metadata["workdir"]}
+    else:
+        return []
+    old = [
+        d["_id"] for d in db[f"{BUCKET}.files"].find({**query, "_id": {"$ne": keep}}, {"_id": 1})
+    ]
+    for fid in old:
+        with contextlib.suppress(Exception):  # gone already (a concurrent replace)
+            bucket.delete(fid)
+    return old
 
 
 def fetch_npz(ref: TrajectoryRef | dict, dest: Path, store=None) -> Path:
