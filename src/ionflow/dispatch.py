@@ -1,11 +1,14 @@
 """``ionflow run``: submit a campaign and work through it with a local FireWorks worker.
 
 Resumability: the run holds a lock in the project directory (one local worker per
-project). On start, fireworks of this campaign left RUNNING by a previous interrupted run
-(Ctrl-C, kill, crash) are reset to READY — their MD resumes from its checkpoint because
-the MD working directory is stable — and FIZZLED ones are retried once per run. The
-workflows themselves are only added when their fingerprint is new, so running twice never
-duplicates anything.
+project). Several workers may share one database (other data directories, other hosts,
+Slurm jobs): each job a worker runs is held by a lease (:mod:`ionflow.lease`), renewed
+while it runs. On start, and every lease period while it waits for other workers, a run
+resets to READY only the jobs of this campaign whose lease has expired or whose worker
+process is gone from this host (Ctrl-C, kill, crash) — their MD resumes from its checkpoint
+because the MD working directory is stable; a job a live worker holds is never touched.
+FIZZLED ones are retried once per run. The workflows themselves are only added when their
+fingerprint is new, so running twice never duplicates anything.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -93,15 +97,39 @@ def campaign_states(lp, campaign: str) -> dict[str, Counter]:
     return out
 
 
-def recover_interrupted(lp, campaign: str) -> dict[str, list[int]]:
-    """Reset fireworks a previous local run left unfinished to READY.
+def recover_lost(lp, campaign: str, echo=None) -> tuple[list[int], list]:
+    """Reset the campaign's RUNNING fireworks whose lease expired (or whose worker is gone).
 
-    ``running``: RUNNING/RESERVED (the worker died) or FIZZLED by a Ctrl-C — their MD
-    resumes from its checkpoint; ``fizzled``: real failures, retried once per run.
+    Returns the fw ids reset and the :class:`~ionflow.lease.LiveRun` list of those a live
+    worker holds (left alone). ``echo`` (if given) gets one line per reset job.
     """
-    done: dict[str, list[int]] = {"running": [], "fizzled": []}
+    from ionflow.lease import find_lost_runs, lease_s, reset_lost_runs
+
+    lost, live = find_lost_runs(
+        lp, {"spec.ionflow_campaign": campaign}, default_lease_s=max(lease_s(), 300.0)
+    )
+    reset = reset_lost_runs(lp, lost)
+    if echo is not None:
+        from rich.markup import escape
+
+        for run in lost:
+            if run.fw_id in reset:
+                echo(escape(f"taking over fw {run.fw_id} {run.name}: {run.reason}"))
+    return reset, live
+
+
+def recover_interrupted(lp, campaign: str) -> dict[str, list]:
+    """Reset fireworks a previous run left unfinished to READY.
+
+    ``running``: RUNNING whose lease expired or whose worker is gone from this host, or
+    FIZZLED by a Ctrl-C (or a lost lease) — their MD resumes from its checkpoint;
+    ``fizzled``: real failures, retried once per run; ``live``: RUNNING jobs held by a live
+    worker elsewhere (:class:`~ionflow.lease.LiveRun`), not touched.
+    """
+    done: dict[str, list] = {"running": [], "fizzled": [], "live": []}
+    done["running"], done["live"] = recover_lost(lp, campaign)
     for fw in lp.fireworks.find(
-        {"spec.ionflow_campaign": campaign, "state": {"$in": ["RUNNING", "RESERVED", "FIZZLED"]}},
+        {"spec.ionflow_campaign": campaign, "state": "FIZZLED"},
         {"fw_id": 1, "state": 1, "launches": 1},
     ):
         kind = "running"
@@ -112,10 +140,115 @@ def recover_interrupted(lp, campaign: str) -> dict[str, list[int]]:
                 sort=[("launch_id", -1)],
             )
             trace = str(((last or {}).get("action") or {}).get("stored_data", {}))
-            kind = "running" if "KeyboardInterrupt" in trace else "fizzled"
+            kind = (
+                "running"
+                if "KeyboardInterrupt" in trace or "LeaseLost" in trace or "RunDirBusy" in trace
+                else "fizzled"
+            )
         lp.rerun_fw(fw["fw_id"])
         done[kind].append(fw["fw_id"])
     return done
+
+
+_EXC_LINE = re.compile(
+    r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*(?:Error|Exception|Interrupt|Lost|Busy|Failure|Exit)\b)"
+)
+_ENV_MARKERS = (
+    "No space left on device",
+    "Disk quota exceeded",
+    "[Errno 28]",
+    "[Errno 122]",
+    "ServerSelectionTimeoutError",
+    "AutoReconnect",
+    "NetworkTimeout",
+    "ConnectionFailure",
+    "cannot reach the database",
+)
+
+
+def _last_line(text: str) -> str:
+    """The last line of a traceback (the exception), module path of its class dropped."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return _EXC_LINE.sub(r"\1", line)
+
+
+def _error_file_line(launch_dir: str | None) -> str | None:
+    """The last exception line of ``FW_job.error`` in a launch directory (if readable here)."""
+    if not launch_dir:
+        return None
+    path = Path(launch_dir) / "FW_job.error"
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(fh.tell() - 65536, 0))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    return _last_line(text) or None
+
+
+def is_environment_failure(line: str) -> bool:
+    """Whether a failure line is the environment's (disk full, database gone), not the job's."""
+    return any(m in line for m in _ENV_MARKERS)
+
+
+def failed_jobs(lp, campaign: str, launch_dir: Path | None = None) -> list[dict]:
+    """Each FIZZLED firework of the campaign with the last line of its real exception.
+
+    The line comes from the last launch's ``action.stored_data._exception._stacktrace``
+    (what FireWorks recorded), else its ``ionflow_lost_run`` reason, else the last line of
+    ``FW_job.error`` in its launch directory. Returns dicts ``fw_id``, ``name``,
+    ``material``, ``line``, ``environment`` (disk full / database unreachable),
+    ``launch_dir``.
+    """
+    out: list[dict] = []
+    fws = list(
+        lp.fireworks.find(
+            {"spec.ionflow_campaign": campaign, "state": "FIZZLED"},
+            {"fw_id": 1, "name": 1, "launches": 1, "spec.ionflow_material": 1},
+        ).sort([("spec.ionflow_material", 1), ("fw_id", 1)])
+    )
+    last_ids = [fw["launches"][-1] for fw in fws if fw.get("launches")]
+    launches = {
+        d["launch_id"]: d
+        for d in lp.launches.find(
+            {"launch_id": {"$in": last_ids}},
+            {
+                "launch_id": 1,
+                "launch_dir": 1,
+                "action.stored_data._exception._stacktrace": 1,
+                "action.stored_data.ionflow_lost_run": 1,
+            },
+        )
+    }
+    for fw in fws:
+        doc = launches.get((fw.get("launches") or [None])[-1]) or {}
+        stored = (doc.get("action") or {}).get("stored_data") or {}
+        trace = (stored.get("_exception") or {}).get("_stacktrace")
+        line = _last_line(trace) if trace else None
+        if not line and stored.get("ionflow_lost_run"):
+            line = f"lost run: {stored['ionflow_lost_run']}"
+        if not line:
+            line = _error_file_line(doc.get("launch_dir"))
+        if not line:
+            where = doc.get("launch_dir") or (str(launch_dir) if launch_dir else "its launch dir")
+            line = f"no exception recorded (see {where}/FW_job.error)"
+        if len(line) > 1000:
+            line = line[:1000] + "…"
+        out.append(
+            {
+                "fw_id": fw["fw_id"],
+                "name": fw.get("name", ""),
+                "material": (fw.get("spec") or {}).get("ionflow_material", "?"),
+                "line": line,
+                "environment": is_environment_failure(line),
+                "launch_dir": doc.get("launch_dir"),
+            }
+        )
+    return out
 
 
 class _Display:
@@ -193,19 +326,24 @@ class _Display:
         if self._thread is not None:
             self._stop.set()
             self._thread.join(timeout=3)
-            with contextlib.suppress(Exception):
-                self._live.update(self._render())
+            if exc[0] is None:  # on an error the database may be gone: no last render
+                with contextlib.suppress(Exception):
+                    self._live.update(self._render())
             self._live.__exit__(*exc)
             self._tty.close()
 
 
-def work_until_done(lp, fworker, launch_dir: Path, sleep_s: float = 1.0) -> bool:
+def work_until_done(
+    lp, fworker, launch_dir: Path, sleep_s: float = 1.0, recover=None, recover_every_s=None
+) -> bool:
     """Launch rockets one after another until nothing of the worker's query can run.
 
     Like FireWorks' ``rapidfire`` (one launcher directory per job, stdout/stderr of the
     job redirected into it) but Ctrl-C stops the loop: the running job is interrupted
     (FireWorks records it as FIZZLED; the next ``ionflow run`` resets it and its MD
-    resumes from the checkpoint) and nothing new starts. Returns True when interrupted.
+    resumes from the checkpoint) and nothing new starts. While it waits for jobs other
+    workers run, ``recover()`` is called every ``recover_every_s`` seconds (resetting jobs
+    whose lease expired, which this loop then runs). Returns True when interrupted.
     """
     from fireworks.core.rocket_launcher import launch_rocket
     from fireworks.utilities.fw_utilities import create_datestamp_dir, redirect_local
@@ -220,9 +358,16 @@ def work_until_done(lp, fworker, launch_dir: Path, sleep_s: float = 1.0) -> bool
     signal.signal(signal.SIGINT, on_sigint)
     log = logging.getLogger("ionflow.dispatch")
     home = os.getcwd()
+    last_recover = time.monotonic()
     try:
         while not stop.is_set():
             if not lp.run_exists(fworker):
+                if recover is not None and time.monotonic() - last_recover > (
+                    recover_every_s or 60.0
+                ):
+                    last_recover = time.monotonic()
+                    if recover():
+                        continue
                 if not lp.future_run_exists(fworker):
                     break
                 time.sleep(sleep_s)
@@ -277,6 +422,17 @@ def run_campaign(
             echo(f"resuming {len(recovered['running'])} interrupted job(s) from their checkpoints")
         if recovered.get("fizzled"):
             echo(f"retrying {len(recovered['fizzled'])} failed job(s)")
+        if recovered.get("live"):
+            from rich.markup import escape
+
+            echo(
+                escape(
+                    f"{len(recovered['live'])} job(s) are running in other live workers and "
+                    "are left to them: "
+                    + "; ".join(r.describe() for r in recovered["live"][:5])
+                    + (" …" if len(recovered["live"]) > 5 else "")
+                )
+            )
         result = submit(lp, planned, spec.campaign)
         for line in submission_lines(result):
             echo(line)
@@ -299,12 +455,84 @@ def run_campaign(
         project.launch_dir.mkdir(parents=True, exist_ok=True)
         fworker = db.fworker(name="ionflow-local", query={"spec.ionflow_campaign": spec.campaign})
         logging.disable(logging.INFO)  # FireWorks/jobflow chatter; the display shows progress
+        from ionflow.lease import lease_s, ping_period_s
+
+        def recover() -> list[int]:
+            reset, _ = recover_lost(lp, spec.campaign, echo=echo)
+            return reset
+
+        from datetime import datetime
+
+        started = datetime.now().isoformat()  # jobflow's completed_at: local, naive
         try:
             with _Display(lp, spec.campaign, project.run_root, progress and sys.stderr.isatty()):
-                interrupted = work_until_done(lp, fworker, project.launch_dir)
+                interrupted = work_until_done(
+                    lp,
+                    fworker,
+                    project.launch_dir,
+                    recover=recover,
+                    recover_every_s=max(min(ping_period_s(), lease_s() / 2), 1.0),
+                )
         finally:
             logging.disable(logging.NOTSET)
         if interrupted:
             raise KeyboardInterrupt
         result["states"] = {m: dict(c) for m, c in campaign_states(lp, spec.campaign).items()}
+        result["failures"] = failed_jobs(lp, spec.campaign, project.launch_dir)
+        with db.client() as client:
+            for doc in client[db.database]["outputs"].find(
+                {
+                    "output.campaign": spec.campaign,
+                    "output.md.recovery_note": {"$type": "string"},
+                    "completed_at": {"$gte": started},
+                },
+                {"name": 1, "output.md.recovery_note": 1},
+            ):
+                from rich.markup import escape
+
+                echo(escape(f"note: {doc['name']}: {doc['output']['md']['recovery_note']}"))
         return result
+
+
+def print_failures(con, failures: list[dict], limit: int = 50) -> None:
+    """One line per failed job: material, job, fw id and the last line of its exception."""
+    from rich.text import Text
+
+    for f in failures[:limit]:
+        con.print(
+            Text.assemble(
+                ("failed: ", "red"), f"{f['material']} / {f['name']} (fw {f['fw_id']}): {f['line']}"
+            ),
+            soft_wrap=True,
+            highlight=False,
+        )
+    if len(failures) > limit:
+        con.print(f"… and {len(failures) - limit} more failed job(s)", markup=False)
+
+
+def server_note(db) -> str | None:
+    """The last line of ``ionflow run``: the embedded server keeps running; how to stop it."""
+    server = getattr(db, "local_server", None)
+    if server is None:
+        return None
+    return (
+        f"the database server is still running (SecantusDB pid {server.pid}, port "
+        f"{server.port}, data {server.data_dir}) so that queries are fast; stop it with "
+        f"`ionflow db stop --data-dir {server.data_dir}`"
+    )
+
+
+def running_jobs(lp, campaign: str) -> list[str]:
+    """One line per RUNNING job: who holds it and its last heartbeat, or why it is lost."""
+    from ionflow.lease import find_lost_runs, lease_s
+
+    lost, live = find_lost_runs(
+        lp, {"spec.ionflow_campaign": campaign}, default_lease_s=max(lease_s(), 300.0)
+    )
+    lines = [f"running: {r.material} / {r.describe()}" for r in live]
+    lines += [
+        f"lost: {r.material} / fw {r.fw_id} {r.name}: {r.reason} (the next `ionflow run` or "
+        "`ionflow recover` makes it READY again; its MD resumes from the checkpoint)"
+        for r in lost
+    ]
+    return lines

@@ -32,10 +32,15 @@ directory (``singleshot``) or a ``launcher_*`` directory inside it (``rapidfire`
 
 *Recovery* (:func:`recover`): a RUNNING firework is lost when Slurm no longer runs its job
 (``squeue``; scancel, walltime, node failure, a worker that lost its database) -- found at
-once, without waiting for FireWorks' ping to expire -- or, with ``expiration_secs``, when its
-launch has not pinged for that long (FireWorks ``detect_lostruns``; the ping interval is
-``PING_TIME_SECS``, one hour by default). Lost fireworks are rerun (``rerun_fw`` -> READY)
-and their abandoned launch is marked FIZZLED with the reason in ``action.stored_data``.
+once, without waiting for FireWorks' ping to expire -- or when the lease of its ionflow
+worker has expired (:mod:`ionflow.lease`: the worker renews its launch's FireWorks ping every
+``IONFLOW_LEASE_PING_S``; lost after the lease it recorded, 5 min by default, without one),
+or, with ``expiration_secs``, when its launch has not pinged for that long (FireWorks
+``detect_lostruns``; FireWorks' own ping interval is ``PING_TIME_SECS``, one hour by
+default) -- but never while an ionflow worker's lease is live. Lost fireworks are rerun
+(``rerun_fw`` -> READY) and their abandoned launch is marked FIZZLED with the reason in
+``action.stored_data``; the stale worker, if it still runs, finds its lease gone and stops
+writing.
 
 Gotchas
 -------
@@ -845,8 +850,10 @@ def recover(
         Restrict to this campaign (``None``: every firework on the LaunchPad).
     expiration_secs
         Also count as lost a RUNNING launch that has not pinged for this long (FireWorks
-        ``detect_lostruns``; pings come every ``PING_TIME_SECS``, 3600 s by default, so use
-        more than that). ``None``: only Slurm's view decides.
+        ``detect_lostruns``; FireWorks' own pings come every ``PING_TIME_SECS``, 3600 s by
+        default, so use more than that for other tools' workers). ``None``: Slurm's view and
+        the leases of ionflow workers decide. A launch whose ionflow lease is live is never
+        lost.
     dry_run
         Report, change nothing.
     queue_view
@@ -880,10 +887,18 @@ def _recover(lp, campaign, expiration_secs, dry_run, queue_view) -> RecoveryRepo
     launch_docs = list(
         lp.launches.find(
             {"launch_id": {"$in": [lid for lid in last_launch.values() if lid is not None]}},
-            {"launch_id": 1, "launch_dir": 1, "state_history": 1, "state": 1},
+            {
+                "launch_id": 1,
+                "launch_dir": 1,
+                "state_history": 1,
+                "state": 1,
+                "host": 1,
+                "ionflow_lease": 1,
+            },
         )
     )
     job_of = _job_of_launches(lp, launch_docs)
+    docs_by_id = {d["launch_id"]: d for d in launch_docs}
     # 2. Slurm's view
     queue = queue_view()
     report.slurm_available = queue is not None
@@ -913,7 +928,33 @@ def _recover(lp, campaign, expiration_secs, dry_run, queue_view) -> RecoveryRepo
                 f"Slurm job {job} ended ({final}) while the firework was {fw['state']}",
                 job,
             )
-    # 3. FireWorks' ping view
+    # 3. the leases of ionflow workers (a live lease is never taken over)
+    from ionflow.lease import LEASE_FIELD, classify_launch
+
+    live_lease: set[int] = set()
+    for fid, fw in before.items():
+        lid = last_launch[fid]
+        doc = docs_by_id.get(lid) if lid is not None else None
+        if fw["state"] != "RUNNING" or doc is None or not doc.get(LEASE_FIELD):
+            continue
+        is_lost, why, _ = classify_launch(doc, default_lease_s=None)
+        if not is_lost:
+            live_lease.add(fid)
+            continue
+        job = job_of.get(lid)
+        if queue is not None and job is not None and queue.get(job) in ACTIVE_SLURM_STATES:
+            if "is gone" not in why:
+                continue  # Slurm runs its job: a late ping is not a lost run
+        if fid not in candidates:
+            candidates[fid] = LostRun(
+                fid,
+                fw.get("name", ""),
+                (fw.get("spec") or {}).get("ionflow_material", "?"),
+                lid,
+                f"lease expired: {why}",
+                job,
+            )
+    # 4. FireWorks' ping view
     if expiration_secs is not None:
         with contextlib.redirect_stdout(io.StringIO()):
             _, lost_ids, inconsistent = lp.detect_lostruns(
@@ -925,6 +966,8 @@ def _recover(lp, campaign, expiration_secs, dry_run, queue_view) -> RecoveryRepo
             job = job_of.get(lid) if lid is not None else None
             if queue is not None and job is not None and queue.get(job) in ACTIVE_SLURM_STATES:
                 continue  # Slurm runs its job: a late ping is not a lost run
+            if fid in live_lease:
+                continue  # its ionflow worker renews a live lease
             if fid in before and fid not in candidates:
                 candidates[fid] = LostRun(
                     fid,
@@ -933,7 +976,7 @@ def _recover(lp, campaign, expiration_secs, dry_run, queue_view) -> RecoveryRepo
                     last_launch.get(fid),
                     f"no ping for more than {expiration_secs:g} s",
                 )
-    # 4. re-read: skip fireworks that moved on since step 1 (completed, or relaunched)
+    # 5. re-read: skip fireworks that moved on since step 1 (completed, or relaunched)
     if candidates:
         now = {
             fw["fw_id"]: fw

@@ -144,7 +144,8 @@ def run_cmd(
     """Submit the campaign (idempotently) and run it here to completion; Ctrl-C is resumable."""
     from rich.console import Console
 
-    from ionflow.dispatch import run_campaign
+    from ionflow.dispatch import print_failures, run_campaign, server_note
+    from ionflow.errors import EXIT_ENVIRONMENT
     from ionflow.results import load_summaries
 
     con = Console()
@@ -173,8 +174,16 @@ def run_cmd(
         print_summaries(con, summaries)
     for m, c in bad.items():
         con.print(f"[red]{m}: {c['FIZZLED']} job(s) failed[/] — see `ionflow status {spec_file}`")
+    failures = result.get("failures", [])
+    print_failures(con, failures)  # the real reason of each, one line each
+    running = sum(c.get("RUNNING", 0) for c in states.values())
+    if running:
+        con.print(f"{running} job(s) are still running in other workers", markup=False)
+    note = server_note(result["database"])
+    if note:
+        con.print(note, markup=False, soft_wrap=True)
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_ENVIRONMENT if any(f["environment"] for f in failures) else 1)
 
 
 @app.command("status")
@@ -261,3 +270,8 @@ def status_cmd(
                 con.print(f"  {name}: unchanged — all {d['n_reused']} job(s) reused")
             else:
                 con.print(f"  {name}: new")
+    from ionflow.dispatch import failed_jobs, print_failures, running_jobs
+
+    print_failures(con, failed_jobs(lp, spec.campaign))  # the real reason, one line each
+    for line in running_jobs(lp, spec.campaign):
+        con.print(line, markup=False, soft_wrap=True, highlight=False)
