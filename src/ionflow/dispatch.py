@@ -405,8 +405,8 @@ def run_campaign(
     from ionflow.store import reset_launchpad_if_new, resolve_database
     from ionflow.summary import set_current_summaries
 
-    spec_path = Path(spec_path).resolve()
     spec, materials = load_campaign(spec_path)  # raises before anything is touched
+    spec_path = Path(spec_path).resolve()  # (after: a symlink loop is a one-line error there)
     data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
     project = Project(data_dir)
     planned = plan_campaign(spec, materials, project.run_root)  # also before any DB write
