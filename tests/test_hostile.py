@@ -758,3 +758,25 @@ def test_report_markdown_and_html_are_inert(hostile_db, work, capsys):
     assert not re.search(r"(?<!\\)\]\(javascript", md)  # the link is escaped: \](
     assert "\x1b" not in md
     assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["validate"],
+        ["run"],
+        ["status"],
+        ["submit"],
+        ["launch", "--dry-run"],
+        ["inputs", "--out", "o"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_symlink_loop_campaign_for_every_command(work, capsys, argv):
+    root, _ = work
+    (root / "a.yaml").symlink_to(root / "b.yaml")
+    (root / "b.yaml").symlink_to(root / "a.yaml")
+    before = _files(root)
+    code, _, err = run([argv[0], "a.yaml", *argv[1:]], capsys)
+    one_line(code, err, "a.yaml", "symbolic link loop")
+    assert _files(root) == before
