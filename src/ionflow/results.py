@@ -802,7 +802,7 @@ def ea_resolved(summary: MaterialSummary | VariantSummary) -> bool | None:
     """
     if summary.ea_resolved is not None:
         return summary.ea_resolved
-    from ionflow.summary import ea_is_resolved
+    from ionflow.analysis.arrhenius import ea_is_resolved
 
     return ea_is_resolved(summary.ea_ev, summary.ea_err_ev)
 

@@ -45,6 +45,7 @@ from pydantic import BaseModel, Field
 
 from ionflow import __version__
 from ionflow.analysis import ArrheniusFit, DiffusionAnalysis
+from ionflow.analysis.arrhenius import ea_is_resolved
 
 SCHEMA_VERSION = "1.1"
 
@@ -225,13 +226,6 @@ class MaterialSummary(BaseModel):
     provenance: dict = Field(default_factory=dict, description="Code versions, settings, job ids")
 
 
-def ea_is_resolved(ea_ev: float | None, ea_err_ev: float | None) -> bool | None:
-    """Ea > 2σ_Ea; None without an Ea, False when Ea has no error estimate."""
-    if ea_ev is None:
-        return None
-    if ea_err_ev is None or not math.isfinite(ea_err_ev):
-        return False
-    return bool(ea_ev > 2.0 * ea_err_ev)
 
 
 def variant_summary(

@@ -37,8 +37,8 @@ class ArrheniusFit(BaseModel):
     ea_resolved: bool | None = Field(
         None,
         description=(
-            "Ea > 2σ: only then is an extrapolation (D, σ at at_temperature_k) meaningful; "
-            "None when Ea has no error"
+            "Ea > 2σ: only then is an extrapolation (D, σ at at_temperature_k) quoted; "
+            "false also when Ea has no error estimate"
         ),
     )
     d0_cm2_s: float = Field(description="Prefactor D0, cm²/s")
@@ -58,6 +58,17 @@ class ArrheniusFit(BaseModel):
         description="95 % interval of σ"
     )
     warnings: list[str] = Field(default_factory=list)
+
+
+def ea_is_resolved(ea_ev: float | None, ea_err_ev: float | None) -> bool | None:
+    """Ea > 2σ_Ea — only then is an extrapolation meaningful (quoted in tables and
+    queries). None without an Ea; False when Ea has no error estimate (two points fitted
+    without errors): a resolution that cannot be shown is not claimed."""
+    if ea_ev is None:
+        return None
+    if ea_err_ev is None or not math.isfinite(ea_err_ev):
+        return False
+    return bool(ea_ev > 2.0 * ea_err_ev)
 
 
 def _temp_label(t) -> str:
@@ -186,7 +197,7 @@ def fit_arrhenius(
         weighted=weighted,
         ea_ev=ea,
         ea_err_ev=ea_err,
-        ea_resolved=None if ea_err is None else bool(ea > 2.0 * ea_err),
+        ea_resolved=ea_is_resolved(ea, ea_err),
         d0_cm2_s=math.exp(intercept),
         ln_d0_err=math.sqrt(cov[0, 0]) if cov is not None else None,
         covariance=cov.tolist() if cov is not None else None,

@@ -501,9 +501,10 @@ def arrhenius_cmd(
         f"D0 = {fit.d0_cm2_s:.3g} cm²/s"
     )
     if fit.ea_resolved is False:
+        why = "has no error estimate" if fit.ea_err_ev is None else "is not resolved (< 2σ)"
         typer.echo(
-            f"σ({at_temperature_k:g} K), D({at_temperature_k:g} K): not quoted — Ea is not "
-            "resolved (< 2σ); the extrapolated values are in --json, flagged ea_resolved=false"
+            f"σ({at_temperature_k:g} K), D({at_temperature_k:g} K): not quoted — Ea {why}; "
+            "the extrapolated values are in --json, flagged ea_resolved=false"
         )
     elif fit.sigma_at_t_ms_cm is not None:
         typer.echo(

@@ -45,7 +45,7 @@ def _fmt_haven(r: dict) -> str:
 
 
 def _ea_resolved(v: dict) -> bool | None:
-    from ionflow.summary import ea_is_resolved
+    from ionflow.analysis.arrhenius import ea_is_resolved
 
     if v.get("ea_resolved") is not None:
         return v["ea_resolved"]
