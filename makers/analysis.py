@@ -15,7 +15,7 @@ from ionflow.summary import SUMMARY_COLLECTION
 
 @dataclass
 class AnalysisMaker(Maker):
-    """Diffusion analysis of one MD run (production frames only).
+    """The analyses of one MD run (production frames only), in one streamed pass.
 
     Parameters
     ----------
@@ -24,37 +24,50 @@ class AnalysisMaker(Maker):
     mobile_species
         Species analysed.
     fit
-        "ionflow" or "pymatgen".
+        "ionflow" or "pymatgen" (the diffusion analysis).
     drift_reference
         "auto" uses the pinned atoms for pinned runs and the framework otherwise.
+    analyses
+        Registered analysis names (:data:`ionflow.analysis.ANALYSES`); "diffusion" always
+        runs. Each other kind's result is stored under ``results[kind]`` with its schema
+        version (:func:`ionflow.results.run_result` reads it back through the registry).
     """
 
     name: str = "analysis"
     mobile_species: str = "Li"
     fit: str = "ionflow"
     drift_reference: str = "auto"
+    analyses: tuple[str, ...] = ("diffusion",)
 
     @job(config=JobConfig(expose_store=True))
     def make(self, md_output: dict):
-        """Output: the :class:`~ionflow.analysis.DiffusionAnalysis` document plus labels."""
+        """Output: the :class:`~ionflow.analysis.DiffusionAnalysis` document plus labels
+        (``analysis``) and the other analyses' results by kind (``results``)."""
         from jobflow import CURRENT_JOB
 
-        from ionflow.analysis import analyze_file
+        from ionflow.analysis import Diffusion, analyze_trajectory, get_analysis
         from ionflow.trajectories import fetch_npz
 
+        runners = [Diffusion(fit=self.fit)]
+        runners += [get_analysis(n)() for n in self.analyses if n != "diffusion"]
+        pymatgen = self.fit == "pymatgen"
+        ref = "framework" if (pymatgen or self.drift_reference == "all") else self.drift_reference
         store = getattr(CURRENT_JOB, "store", None)
         with tempfile.TemporaryDirectory() as tmp:
             path = fetch_npz(md_output["trajectory"], Path(tmp) / "production.npz", store)
-            ref = self.drift_reference
-            if ref == "all":
-                ref = "framework"
-            res = analyze_file(
-                str(path), species=self.mobile_species, fit=self.fit, drift_reference=ref
+            results = analyze_trajectory(
+                str(path),
+                runners,
+                species=self.mobile_species,
+                drift_reference=ref,
+                mass_weighted=not pymatgen,
+                require_temperature=True,
             )
+        res = results["diffusion"]
         res.source = (
             f"{md_output['material']}/{md_output['variant']}_{md_output['temperature_k']:g}K"
         )
-        return {
+        out = {
             "material": md_output["material"],
             "variant": md_output["variant"],
             "temperature_k": md_output["temperature_k"],
@@ -63,6 +76,16 @@ class AnalysisMaker(Maker):
             "trajectory_sha256": (md_output.get("trajectory") or {}).get("sha256"),
             "analysis": res.model_dump(mode="json"),
         }
+        others = {
+            r.name: {
+                "schema_version": r.schema_version,
+                "result": results[r.name].model_dump(mode="json"),
+            }
+            for r in runners[1:]
+        }
+        if others:
+            out["results"] = others
+        return out
 
 
 @dataclass

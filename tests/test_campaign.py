@@ -316,3 +316,53 @@ def test_chgnet_campaign_end_to_end(project):
             t, n_dof = out["temperature_k"], out["md"]["n_free_degrees_of_freedom"]
             assert abs(out["md"]["mean_temperature_k"] - t) <= 3 * t * math.sqrt(2 / n_dof)
     assert os.path.exists(project / "ionflow-data" / "runs" / "chgnet-campaign" / "Li3N")
+
+
+def test_extra_analysis_runs_in_the_same_pass_and_reaches_the_report(project):
+    """`analysis: {analyses: [framework-msd]}`: the analysis job stores the extra result by
+    kind, the results layer parses it through the registry, the report shows it."""
+    spec = _spec(project, temps=(900,), production_ps=0.2, name="extra-analysis")
+    text = spec.read_text()
+    text = text[: text.index("  - {name: Li6PS5Cl")] + text[text.index("  - {name: Li3N") :]
+    spec.write_text(text + "analysis: {analyses: [framework-msd]}\n")
+    res = _run(["run", str(spec), "--quiet"], cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    from ionflow.analysis.framework_msd import FrameworkMSDResult
+    from ionflow.results import fetch_run_analyses, load_summaries, parse_summary
+
+    db = _db(project)
+    (doc,) = load_summaries(db, "extra-analysis")
+    summary = parse_summary(doc)
+    (run,) = fetch_run_analyses(db, summary)
+    assert set(run.results) == {"framework-msd"}
+    fw = run.results["framework-msd"]
+    assert isinstance(fw, FrameworkMSDResult)
+    assert [x.element for x in fw.species] == ["N"]  # Li3N: N is the whole framework
+    assert fw.n_frames == run.analysis.n_frames == 21  # 0.2 ps at 10 fs per frame
+    # independent truth: the exported frames, unwrapped by minimum-image steps, N drift
+    # (the whole framework) removed, MSD over all origins at half the run, by brute force
+    import ase.io
+    import numpy as np
+
+    xyz = project / "run.extxyz"
+    exp = _run(
+        ["export-trajectory", "--campaign", "extra-analysis", "--material", "Li3N",
+         "--temperature-k", "900", "--out", str(xyz)],
+        cwd=project,
+    )  # fmt: skip
+    assert exp.returncode == 0, exp.stderr
+    frames = ase.io.read(xyz, index=":")
+    cell = np.asarray(frames[0].cell)
+    pos = np.array([f.positions for f in frames])
+    n_idx = [i for i, el in enumerate(frames[0].get_chemical_symbols()) if el == "N"]
+    frac = np.diff(pos @ np.linalg.inv(cell), axis=0)
+    steps = (frac - np.round(frac)) @ cell
+    disp = np.concatenate([np.zeros((1, pos.shape[1], 3)), np.cumsum(steps, axis=0)])[:, n_idx]
+    disp -= disp.mean(axis=1, keepdims=True)
+    lag = len(frames) // 2
+    msd = np.mean(np.sum((disp[lag:] - disp[:-lag]) ** 2, axis=2))
+    assert fw.species[0].msd_half_run_a2 == pytest.approx(msd, rel=1e-4)
+    out = project / "report"
+    rep = _run(["report", "--out", str(out)], cwd=project)
+    assert rep.returncode == 0, rep.stderr
+    assert "framework-msd: framework MSD at T/2" in (out / "report.md").read_text()

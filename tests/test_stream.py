@@ -85,3 +85,46 @@ def test_same_analysis_twice_in_one_pass_is_refused() -> None:
             pos, np.eye(3) * BOX, species, [FrameworkMSD(), FrameworkMSD()],
             temperature_k=600.0, frame_interval_fs=10.0,
         )  # fmt: skip
+
+
+def _campaign_spec(tmp_path, extra: str = ""):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    path = tmp_path / "w.yaml"
+    path.write_text(
+        "campaign: c\nmobile_species: Li\nengine: {relax: none, md: toy}\n"
+        "md: {temperatures_k: [600, 900], production_ps: 0.2, equilibration_ps: 0.04, "
+        "time_step_fs: 2.0, frame_interval_fs: 10}\n"
+        f"materials:\n  - {{name: Li3N, structure: {repo / 'examples' / 'Li3N.cif'}}}\n" + extra
+    )
+    return path
+
+
+def test_spec_analyses_are_registered_names_and_default_keys_do_not_move(tmp_path) -> None:
+    from ionflow.campaign import stage_keys
+    from ionflow.spec import load_campaign
+
+    spec0, (m0,) = load_campaign(_campaign_spec(tmp_path))
+    assert spec0.analysis.analyses == ["diffusion"]
+    spec1, (m1,) = load_campaign(_campaign_spec(tmp_path, "analysis: {analyses: [diffusion]}\n"))
+    assert stage_keys(spec0, m0) == stage_keys(spec1, m1)  # the explicit default is the default
+    spec2, (m2,) = load_campaign(
+        _campaign_spec(tmp_path, "analysis: {analyses: [Framework-MSD]}\n")
+    )
+    assert spec2.analysis.analyses == ["diffusion", "framework-msd"]
+    k0, k2 = stage_keys(spec0, m0), stage_keys(spec2, m2)
+    changed = {k[0] for k in k0 if k0[k] != k2[k]}
+    assert changed == {"analysis", "arrhenius", "summary"}  # MD is reused
+
+
+def test_spec_unknown_analysis_is_a_one_line_error(tmp_path, capsys) -> None:
+    from ionflow.cli import main
+
+    path = _campaign_spec(tmp_path, "analysis: {analyses: [framework-mds]}\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown analysis 'framework-mds'" in err
+    assert "did you mean 'framework-msd'" in err

@@ -103,6 +103,8 @@ def stage_keys(spec: CampaignSpec, mat: ResolvedMaterial) -> dict[tuple, str]:
     )
     variants = ["free", "pinned"] if mat.has_pinned_control else ["free"]
     analysis = spec.analysis.model_dump(mode="json")
+    if analysis.get("analyses") == ["diffusion"]:  # the default: keys as before it existed
+        del analysis["analyses"]
     keys: dict[tuple, str] = {("relax",): relax, ("supercell",): supercell}
     for v in variants:
         for t in temperatures:
@@ -182,6 +184,7 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
             mobile_species=spec.mobile_species,
             fit=spec.analysis.fit,
             drift_reference=spec.analysis.drift_reference,
+            analyses=tuple(spec.analysis.analyses),
         ),
         temperatures_k=tuple(md.temperatures_k),
         pinned_control=mat.has_pinned_control,

@@ -232,9 +232,15 @@ def _notes(s: MaterialSummary, runs: list[RunAnalysis]) -> list[str]:
             notes.append(f"{v.variant}: no Arrhenius fit — {v.arrhenius_note or 'no data'}")
         elif v.arrhenius_note:
             notes.append(f"{v.variant} Arrhenius fit: {v.arrhenius_note}")
+    from ionflow.analysis import ANALYSES
+
     for run in runs:
         for w in run.analysis.warnings:
             notes.append(f"{run.variant} {run.temperature_k:g} K analysis: {w}")
+        for kind, result in run.results.items():
+            line = ANALYSES[kind].describe(result)
+            if line:
+                notes.append(f"{run.variant} {run.temperature_k:g} K {kind}: {line}")
     expected = {
         (v.variant, r.temperature_k) for v in (s.free, s.pinned) if v is not None for r in v.runs
     }

@@ -30,7 +30,7 @@ import math
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -961,6 +961,9 @@ class RunAnalysis:
     temperature_k: float
     analysis: DiffusionAnalysis
     uuid: str | None
+    #: the run's other analyses by kind (:data:`ionflow.analysis.ANALYSES`), parsed with
+    #: their registered result model; kinds this version does not know are left out
+    results: dict[str, Any] = field(default_factory=dict)
 
 
 def _latest_per_key(docs: Iterable[dict], key) -> dict:
@@ -1013,9 +1016,29 @@ def _query_analyses(store, summary: MaterialSummary) -> list[RunAnalysis]:
             analysis = DiffusionAnalysis.model_validate(d["output"]["analysis"])
         except ValidationError:
             continue
-        runs.append(RunAnalysis(variant, t, analysis, d.get("uuid")))
+        runs.append(RunAnalysis(variant, t, analysis, d.get("uuid"), run_results(d["output"])))
     runs.sort(key=lambda r: (r.variant != "free", r.variant, r.temperature_k))
     return runs
+
+
+def run_results(output: dict) -> dict[str, Any]:
+    """The other analyses of an analysis job output (``results[kind]``), each parsed with
+    the result model its kind registers; unknown kinds, other schema versions and
+    unreadable entries are skipped."""
+    from ionflow.analysis import ANALYSES
+
+    parsed: dict[str, Any] = {}
+    for kind, entry in (output.get("results") or {}).items():
+        cls = ANALYSES.get(kind)
+        if cls is None or not isinstance(entry, dict):
+            continue
+        if str(entry.get("schema_version")) != str(cls.schema_version):
+            continue
+        try:
+            parsed[kind] = cls.result_model.model_validate(entry.get("result"))
+        except ValidationError:
+            continue
+    return parsed
 
 
 def iter_run_analyses(

@@ -772,6 +772,28 @@ class RelaxSpec(_Model):
     )
 
 
+def _analysis_names(value: Any) -> Any:
+    """Before-validator of ``analysis.analyses``: registered names, diffusion first, once each."""
+    from ionflow.analysis import ANALYSES
+
+    allowed = sorted(ANALYSES)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or len(value) > len(allowed):
+        raise _fail(f"expected a list of analysis names from {', '.join(allowed)}")
+    names = []
+    for item in value:
+        if not isinstance(item, str) or item.strip().lower() not in allowed:
+            raise _fail(
+                f"unknown analysis {_show(item)}{_suggest(item, allowed)} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+        key = item.strip().lower()
+        if key not in names:
+            names.append(key)
+    return ["diffusion", *[n for n in names if n != "diffusion"]]
+
+
 class AnalysisSpec(_Model):
     """Diffusion-analysis settings."""
 
@@ -789,6 +811,11 @@ class AnalysisSpec(_Model):
         "ionflow",
         description="MSD/Arrhenius fitting backend (no unit): ionflow or pymatgen "
         "(pymatgen-analysis-diffusion, for cross-checks).",
+    )
+    analyses: Annotated[list[StrictStr], BeforeValidator(_analysis_names)] = Field(
+        default_factory=lambda: ["diffusion"],
+        description="Streamed analyses run on every MD run in one pass over its trajectory "
+        "(no unit): diffusion (always, first) plus any registered one, e.g. framework-msd.",
     )
 
 

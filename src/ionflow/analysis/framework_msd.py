@@ -57,6 +57,15 @@ class FrameworkMSD(StreamedAnalysis):
     result_model = FrameworkMSDResult
     schema_version = "1"
 
+    @classmethod
+    def describe(cls, result: FrameworkMSDResult) -> str | None:
+        parts = [
+            f"{x.element}{' (pinned)' if x.pinned else ''} {x.msd_half_run_a2:.3g} Å²"
+            + (f" ×{x.growth_ratio:.2g}" if x.growth_ratio is not None else "")
+            for x in result.species
+        ]
+        return "framework MSD at T/2 (growth from T/10): " + "; ".join(parts) if parts else None
+
     def prepare(self, ctx: TrajectoryContext, unwrapper) -> None:
         self.ctx = ctx
         self.stride = max(1, -(-ctx.n_frames // MAX_FRAMES))

@@ -223,6 +223,11 @@ class StreamedAnalysis(ABC):
         """Allocate before the first chunk (default: keep the context)."""
         self.ctx = ctx
 
+    @classmethod
+    def describe(cls, result: BaseModel) -> str | None:
+        """One line for reports (None: nothing to say)."""
+        return None
+
     @abstractmethod
     def accumulate(self, chunk: FrameChunk) -> None:
         """Consume a chunk of frames."""
