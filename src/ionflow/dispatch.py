@@ -333,6 +333,28 @@ class _Display:
             self._tty.close()
 
 
+def _quiet_database_errors_in_threads() -> None:
+    """Database errors raised in background threads (FireWorks' ping thread pings once more
+    when a job ends, also when the database is gone) go to the log, not as a traceback on
+    the terminal: the main thread reports the failure in one line."""
+    default = threading.excepthook
+    if getattr(default, "_ionflow", False):
+        return
+
+    def hook(args):
+        if type(args.exc_value).__module__.startswith("pymongo"):
+            logging.getLogger("ionflow.dispatch").debug(
+                "database error in thread %s: %s",
+                getattr(args.thread, "name", "?"),
+                args.exc_value,
+            )
+            return
+        default(args)
+
+    hook._ionflow = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 def work_until_done(
     lp, fworker, launch_dir: Path, sleep_s: float = 1.0, recover=None, recover_every_s=None
 ) -> bool:
@@ -350,6 +372,7 @@ def work_until_done(
 
     stop = threading.Event()
     previous = signal.getsignal(signal.SIGINT)
+    _quiet_database_errors_in_threads()
 
     def on_sigint(signum, frame):
         stop.set()
@@ -379,6 +402,13 @@ def work_until_done(
                     launch_rocket(lp, fworker, strm_lvl="ERROR")
             except KeyboardInterrupt:
                 stop.set()
+            except Exception as exc:
+                from ionflow.store import connection_error
+
+                cause = connection_error(exc)
+                if cause is not None and cause is not exc:
+                    raise cause from None  # the database went away: say that, not the echo
+                raise
             finally:
                 os.chdir(home)
     finally:

@@ -943,6 +943,20 @@ def database_error_message(
     )
 
 
+def connection_error(exc: BaseException | None) -> BaseException | None:
+    """The first pymongo connection failure (server gone, timeout) in ``exc``'s chain."""
+    from pymongo.errors import ConnectionFailure
+
+    seen: set[int] = set()
+    found = None
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ConnectionFailure):
+            found = exc  # keep going: the earliest one is the cause
+        exc = exc.__cause__ or exc.__context__
+    return found
+
+
 #: The database the last :func:`resolve_database` of this process returned (the CLI names
 #: its host:port when an operation fails).
 LAST_RESOLVED: ResolvedDatabase | None = None
@@ -1203,11 +1217,22 @@ class IonflowJobFiretask(JobFiretask):
         # firework was taken over stops writing, and its output write is refused
         from ionflow.lease import fenced_store, task_lease
 
-        with (
-            task_lease(getattr(self, "launchpad", None), getattr(self, "fw_id", None)) as lease,
-            fenced_store(store, lease),
-        ):
-            response = job.run(store=store)
+        lp = getattr(self, "launchpad", None)
+        try:
+            with (
+                task_lease(lp, getattr(self, "fw_id", None)) as lease,
+                fenced_store(store, lease),
+            ):
+                response = job.run(store=store)
+        except Exception as exc:
+            if lp is not None and connection_error(exc) is not None:
+                # The database is gone: FireWorks would now ping and complete the launch,
+                # waiting the client timeout for each. Closing the LaunchPad's client makes
+                # those fail at once; the worker stops with this error (see
+                # ionflow.dispatch.work_until_done) and the launch is recovered as lost.
+                with contextlib.suppress(Exception):
+                    lp.connection.close()
+            raise
 
         detours = None
         additions = None
