@@ -133,7 +133,7 @@ class MLMDMaker(Maker):
         workdir.mkdir(parents=True, exist_ok=True)
         lease = current_lease()
         try:
-            with RunDirLock(workdir) as dirlock:
+            with RunDirLock(workdir, lease=lease) as dirlock:
 
                 def guard() -> None:
                     if lease is not None:

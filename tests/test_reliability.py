@@ -681,3 +681,44 @@ def test_db_status_and_stop(tmp_path, cleanup_servers):
     assert LocalServer.running(data) is None
     again = _run(["db", "stop", "--data-dir", data], tmp_path)
     assert again.returncode == 0 and "no database server running" in again.stdout
+
+
+def test_run_dir_lock_of_a_lost_launch_is_taken_at_once(tmp_path, server):
+    """A live writer's lock is stale for the next launch of the same job once its launch was
+    declared lost (a cancelled Slurm job on another host need not wait for the lock to age)."""
+    import psutil
+    from fireworks import Firework, FWAction, FWorker, ScriptTask
+
+    from ionflow.lease import RunDirBusy, RunDirLock, WorkerLease
+
+    db = _resolve(server.uri)
+    lp = db.launchpad()
+    lp.reset("", require_password=False)
+    lp.add_wf(Firework(ScriptTask.from_str("true"), name="job"))
+    fw_id = lp.fireworks.find_one({})["fw_id"]
+    _, first = lp.checkout_fw(FWorker(), str(tmp_path), fw_id=fw_id)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    holder = psutil.Process(os.getppid())  # alive, on this host, not us
+    (workdir / ".ionflow-run.lock").write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": holder.pid,
+                "pid_started": holder.create_time(),
+                "token": "theirs",
+                "fw_id": fw_id,
+                "launch_id": first,
+            }
+        )
+    )
+    lp.rerun_fw(fw_id)
+    lp.complete_launch(first, FWAction(stored_data={"ionflow_lost_run": "test"}), "FIZZLED")
+    _, second = lp.checkout_fw(FWorker(), str(tmp_path), fw_id=fw_id)
+    with pytest.raises(RunDirBusy, match=f"pid {holder.pid}"):
+        RunDirLock(workdir, stale_after_s=60, heartbeat_s=0.2, wait_s=0.5).acquire()
+    lease = WorkerLease(lp, fw_id, second, ping_s=1, lease_length_s=60)
+    lock = RunDirLock(workdir, stale_after_s=60, heartbeat_s=0.2, wait_s=0.5, lease=lease)
+    assert f"launch {first} of this job was declared lost" in lock.acquire()
+    assert json.loads((workdir / ".ionflow-run.lock").read_text())["launch_id"] == second
+    lock.release()

@@ -254,6 +254,11 @@ class WorkerLease:
 
     # -- life cycle ------------------------------------------------------------------------
 
+    def launch_running(self, launch_id: int) -> bool:
+        """Whether ``launch_id`` (another launch of this firework) is still RUNNING."""
+        doc = self.lp.launches.find_one({"launch_id": int(launch_id)}, {"state": 1})
+        return doc is not None and doc.get("state") == "RUNNING"
+
     def record(self) -> dict[str, Any]:
         """What the launch document's ``ionflow_lease`` holds."""
         pid = os.getpid()
@@ -511,9 +516,13 @@ class RunDirLock:
     """One writer per MD run directory: a lock file with a heartbeat, stale-lock safe.
 
     ``<workdir>/.ionflow-run.lock`` holds ``{"host", "pid", "pid_started", "token",
-    "acquired_at"}``; its mtime is renewed every ``heartbeat_s`` by a thread. A lock is
-    *stale* when its process is gone from this host, or its mtime is older than
-    ``stale_after_s`` (any host); only a stale lock is taken over. Taking it is serialised by
+    "acquired_at"}`` (and ``fw_id``/``launch_id`` when a FireWorks lease holds it); its
+    mtime is renewed every ``heartbeat_s`` by a thread. A lock is *stale* when its process
+    is gone from this host, when its mtime is older than ``stale_after_s`` (any host), or —
+    with a ``lease`` — when it was taken for an earlier launch of the same firework that is
+    no longer RUNNING (declared lost: that worker is fenced already, so a rerun after a
+    cancelled Slurm job need not wait for the lock to age); only a stale lock is taken
+    over. Taking it is serialised by
     an ``flock`` on ``<workdir>/.ionflow-run.guard``. :meth:`check` raises
     :class:`LeaseLost` once the lock was taken over (the token in the file is not ours).
 
@@ -536,7 +545,9 @@ class RunDirLock:
         stale_after_s: float | None = None,
         heartbeat_s: float | None = None,
         wait_s: float | None = None,
+        lease: WorkerLease | None = None,
     ) -> None:
+        self.lease = lease
         self.workdir = Path(workdir)
         self.path = self.workdir / LOCK_NAME
         self.heartbeat_s = float(heartbeat_s if heartbeat_s is not None else ping_period_s())
@@ -567,6 +578,15 @@ class RunDirLock:
                 return "held by this process before"
             if not _process_alive(int(info["pid"]), info.get("pid_started")):
                 return f"its writer (pid {info['pid']} on this host) is gone"
+        lease = self.lease
+        if (
+            lease is not None
+            and info.get("fw_id") == lease.fw_id
+            and info.get("launch_id") not in (None, lease.launch_id)
+        ):
+            with contextlib.suppress(Exception):
+                if not lease.launch_running(int(info["launch_id"])):
+                    return f"its launch {info['launch_id']} of this job was declared lost"
         age = time.time() - mtime
         if age > self.stale_after_s:
             return f"no heartbeat for {age:.0f} s"
@@ -581,6 +601,8 @@ class RunDirLock:
             "token": self.token,
             "acquired_at": _utcnow().isoformat(),
         }
+        if self.lease is not None:
+            record.update(fw_id=self.lease.fw_id, launch_id=self.lease.launch_id)
         tmp = self.path.with_name(f"{self.path.name}.{pid}.tmp")
         tmp.write_text(json.dumps(record) + "\n")
         os.replace(tmp, self.path)
