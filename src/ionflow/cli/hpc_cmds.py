@@ -315,7 +315,7 @@ def recover_cmd(
     campaign = spec.campaign if spec is not None else None
     rep = recover(db, campaign=campaign, expiration_secs=expiration_secs, dry_run=dry_run)
     if not rep.slurm_available:
-        _warn("squeue failed or is missing: only FireWorks pings were checked")
+        _warn("squeue failed or is missing: only worker leases and FireWorks pings were checked")
     if not rep.lost:
         con.print(
             f"no lost runs among {rep.running_checked} running job(s)"
@@ -380,7 +380,9 @@ def hpc_status_cmd(
     tab.add_row("[bold]all[/]", *(f"[bold]{total[c]}[/]" for c in cols))
     con.print(tab)
     if not ov["slurm_available"]:
-        con.print("Slurm: squeue unavailable (lost column from FireWorks pings only)")
+        con.print(
+            "Slurm: squeue unavailable (lost column from worker leases and FireWorks pings only)"
+        )
     elif ov["jobs"]:
         con.print(
             "Slurm jobs: "
