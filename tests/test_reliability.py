@@ -259,6 +259,7 @@ def test_frozen_worker_is_taken_over_and_stops(tmp_path, server):
         old = lp.fireworks.find_one({"name": "md Li3N free 900K"})["launches"][-1]
         stopped_at = time.monotonic()
         workdir = Path(state["_dir"])
+        lock = json.loads((workdir / ".ionflow-run.lock").read_text())  # A's
         b = _popen(["run", spec, "--uri", uri, "--data-dir", tmp_path / "dB", "--quiet"], tmp_path)
         # B takes the job only once A's lease (3 s) has expired
         fw = _wait(
@@ -276,7 +277,6 @@ def test_frozen_worker_is_taken_over_and_stops(tmp_path, server):
         taken = last_ping(lp.launches.find_one({"launch_id": fw["launches"][-1]}))
         assert (taken - renewed).total_seconds() > 3.0
         assert time.monotonic() - stopped_at < 60
-        lock = json.loads((workdir / ".ionflow-run.lock").read_text())
         _wait(
             lambda: json.loads((workdir / ".ionflow-run.lock").read_text())["pid"] != a.pid,
             60,
