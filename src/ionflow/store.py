@@ -931,8 +931,14 @@ def database_error_message(
     if isinstance(exc, OperationFailure) and (
         getattr(exc, "code", None) in (13, 18) or "auth" in text.lower()
     ):
-        cause = f"authentication failed: {text[:160]}"
-        return f"cannot use the database at {where} ({type(exc).__name__}: {cause})"
+        details = getattr(exc, "details", None) or {}
+        what = details.get("errmsg") or text.split(", full error:")[0]
+        name = details.get("codeName") or f"code {getattr(exc, 'code', '?')}"
+        cause = f"{_scrub(str(what), _uri_secrets(uri)) if uri else what} ({name})"[:200]
+        return (
+            f"cannot use the database at {where} ({type(exc).__name__}: {cause}; check the "
+            "user name, password and authSource)"
+        )
     cause = text.split(", Timeout:")[0].split(" (configured timeouts")[0]
     if len(cause) > 200:
         cause = cause[:200] + "…"
