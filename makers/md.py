@@ -68,6 +68,9 @@ class MLMDMaker(Maker):
         Labels for the working directory and the stored trajectory.
     run_root
         Root of the MD working directories (``IONFLOW_RUN_ROOT`` overrides).
+    store_velocities
+        Keep the frames' velocities (float32, Å/fs) in the stored trajectory (for the
+        vibrational density of states); roughly doubles its size.
     """
 
     name: str = "md"
@@ -85,6 +88,7 @@ class MLMDMaker(Maker):
     material: str = "material"
     run_root: str | None = None
     calculator_kwargs: dict = field(default_factory=dict)
+    store_velocities: bool = True
 
     @property
     def tag(self) -> str:
@@ -184,6 +188,7 @@ class MLMDMaker(Maker):
             workdir / "production.npz",
             frame_fs,
             self.temperature_k,
+            velocities=self.store_velocities,
         )
         store = getattr(CURRENT_JOB, "store", None)
         ref = put_npz(

@@ -36,6 +36,9 @@ class TrajectoryRef(BaseModel):
     n_atoms: int = Field(description="Atoms per frame")
     frame_interval_fs: float = Field(description="Time between frames, fs")
     temperature_k: float = Field(description="Target temperature, K")
+    has_velocities: bool = Field(
+        False, description="The file also holds velocities_a_fs (frames × atoms × 3, Å/fs)"
+    )
 
 
 def write_npz(
@@ -46,12 +49,18 @@ def write_npz(
     frame_interval_fs: float,
     temperature_k: float,
     fixed_atoms: np.ndarray | None = None,
+    velocities_a_fs: np.ndarray | None = None,
 ) -> Path:
-    """Write the trajectory ``.npz`` (float32 positions, compressed)."""
+    """Write the trajectory ``.npz`` (float32 positions and, when given, velocities in Å/fs;
+    compressed)."""
     path = Path(path)
     tmp = path.with_suffix(".tmp.npz")
+    extra = {}
+    if velocities_a_fs is not None:
+        extra["velocities_a_fs"] = np.asarray(velocities_a_fs, dtype=np.float32)
     np.savez_compressed(
         tmp,
+        **extra,
         positions=np.asarray(positions, dtype=np.float32),
         lattice=np.asarray(lattice, dtype=np.float64),
         species=np.asarray(species),
@@ -65,8 +74,16 @@ def write_npz(
     return path
 
 
-def traj_to_npz(traj_path: Path, npz_path: Path, frame_interval_fs: float, temperature_k: float):
-    """Convert an ASE ``.traj`` written by :mod:`ionflow.md` into the stored ``.npz``."""
+def traj_to_npz(
+    traj_path: Path,
+    npz_path: Path,
+    frame_interval_fs: float,
+    temperature_k: float,
+    velocities: bool = True,
+):
+    """Convert an ASE ``.traj`` written by :mod:`ionflow.md` into the stored ``.npz``
+    (with the frames' velocities, float32 Å/fs, when ``velocities`` and the frames carry
+    momenta — the vibrational density of states needs them)."""
     from ionflow.analysis.readers import open_trajectory
 
     src = open_trajectory(str(traj_path))
@@ -87,7 +104,37 @@ def traj_to_npz(traj_path: Path, npz_path: Path, frame_interval_fs: float, tempe
         frame_interval_fs,
         temperature_k,
         info.fixed_atoms,
+        _velocities(traj_path, i) if velocities else None,
     )
+
+
+def _velocities(traj_path: Path, n_frames: int) -> np.ndarray | None:
+    """Velocities (Å/fs, float32) of the first ``n_frames`` frames of an ASE ``.traj``;
+    None when a frame has no momenta."""
+    from ase import units
+    from ase.io import Trajectory
+
+    with Trajectory(str(traj_path)) as traj:
+        if len(traj) < n_frames:
+            return None
+        masses = traj[0].get_masses()[:, None]
+        out = None
+        for k in range(n_frames):
+            atoms = traj[k]
+            if "momenta" not in atoms.arrays:
+                return None
+            v = atoms.arrays["momenta"] / masses * units.fs  # ASE velocity units → Å/fs
+            if out is None:
+                out = np.empty((n_frames, *v.shape), np.float32)
+            out[k] = v
+    return out
+
+
+def _has_member(npz_path: Path, name: str) -> bool:
+    import zipfile
+
+    with zipfile.ZipFile(npz_path) as zf:
+        return f"{name}.npy" in zf.namelist()
 
 
 def _database(store):
@@ -125,6 +172,7 @@ def put_npz(store, npz_path: Path, metadata: dict, guard=None) -> TrajectoryRef:
         n_atoms=len(info.species),
         frame_interval_fs=info.frame_interval_fs,
         temperature_k=info.temperature_k,
+        has_velocities=_has_member(npz_path, "velocities_a_fs"),
     )
     db = _database(store) if store is not None else None
     if db is not None:
