@@ -845,3 +845,25 @@ def regenerate_reference() -> None:
 if __name__ == "__main__":
     if "--regenerate" in sys.argv:
         regenerate_reference()
+
+
+def test_ml_md_job_rules_do_not_bind_vasp(tmp_path):
+    """Whole saved frames in equilibration is the ML MD job's rule (MDSettings); VASP runs
+    its own MD, so the same md block validates for engine vasp and is an error for chgnet."""
+    from ionflow.spec import CampaignSpecError, load_campaign
+
+    cif = Path(__file__).resolve().parents[1] / "examples" / "Li3N.cif"
+
+    def spec(engine: str) -> Path:
+        path = tmp_path / f"{engine}.yaml"
+        path.write_text(
+            f"campaign: c\nmobile_species: Li\nengine: {{relax: none, md: {engine}}}\n"
+            "md: {temperatures_k: [600], time_step_fs: 2.0, frame_interval_fs: 4.0, "
+            "equilibration_ps: 0.01, production_ps: 0.2}\n"
+            f"materials:\n  - {{name: Li3N, structure: {cif}}}\n"
+        )
+        return path
+
+    load_campaign(spec("vasp"))
+    with pytest.raises(CampaignSpecError, match="not a whole number of saved frames"):
+        load_campaign(spec("chgnet"))

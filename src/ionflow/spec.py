@@ -53,6 +53,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     StrictBool,
     StrictFloat,
     StrictInt,
@@ -60,6 +61,7 @@ from pydantic import (
     Tag,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_serializer,
     model_validator,
@@ -579,9 +581,17 @@ class MDSpec(_Model):
         description="MD steps per restartable segment in steps (VASP); null = one segment.",
     )
 
+    #: set when validated for the VASP engine (kept when pydantic re-runs the check on an
+    #: instance placed in another model, which passes no context)
+    _for_vasp: bool = PrivateAttr(False)
+
     @model_validator(mode="after")
-    def _cross_checks(self) -> MDSpec:
-        problems = self.cross_field_problems()
+    def _cross_checks(self, info: ValidationInfo) -> MDSpec:
+        # the ML MD job's own rules (MDSettings) do not bind VASP, which runs its own MD
+        ctx = info.context or {}
+        if "engine_md" in ctx:
+            self._for_vasp = ctx["engine_md"] == "vasp"
+        problems = self.cross_field_problems(md_job_rules=not self._for_vasp)
         if problems:
             raise PydanticCustomError(
                 _MULTI_ERROR_TYPE,
@@ -590,8 +600,9 @@ class MDSpec(_Model):
             )
         return self
 
-    def cross_field_problems(self) -> list[tuple[str, str]]:
-        """Problems that involve several fields, as ``(field, message)`` pairs."""
+    def cross_field_problems(self, md_job_rules: bool = True) -> list[tuple[str, str]]:
+        """Problems that involve several fields, as ``(field, message)`` pairs; with
+        ``md_job_rules`` also what the ML MD job would refuse (:meth:`md_job_problems`)."""
         problems: list[tuple[str, str]] = []
         dt = self.time_step_fs
         interval = self.frame_interval_effective_fs
@@ -619,7 +630,7 @@ class MDSpec(_Model):
                 )
             )
             return problems
-        return self.md_job_problems()
+        return self.md_job_problems() if md_job_rules else []
 
     def md_settings(self, temperature_k: float | None = None) -> Any:
         """The :class:`ionflow.md.MDSettings` an MD job of these settings builds (the job's
@@ -1411,6 +1422,13 @@ def _elements(structure: Any) -> list[str]:
     return sorted({el.symbol for el in structure.composition.elements})
 
 
+def _engine_md(raw: Any) -> str | None:
+    """The MD engine named by a raw campaign mapping (lower case), if it names one."""
+    engine = raw.get("engine") if isinstance(raw, dict) else None
+    value = engine.get("md") if isinstance(engine, dict) else engine
+    return value.strip().lower() if isinstance(value, str) else None
+
+
 def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial]]:
     """Read, validate and resolve a campaign file.
 
@@ -1463,7 +1481,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
 
     spec: CampaignSpec | None = None
     try:
-        spec = CampaignSpec.model_validate(raw)
+        spec = CampaignSpec.model_validate(raw, context={"engine_md": _engine_md(raw)})
     except ValidationError as exc:
         for loc, msg in _pydantic_problems(exc, CampaignSpec):
             problems.add(loc, msg)
@@ -1549,7 +1567,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
         if campaign_md_raw is not None and overrides_ok:
             merged = _merge_md(campaign_md_raw, mat.md)
             try:
-                md = MDSpec.model_validate(merged)
+                md = MDSpec.model_validate(merged, context={"engine_md": _engine_md(raw)})
             except ValidationError as exc:
                 for loc, msg in _pydantic_problems(exc, MDSpec, ("md",)):
                     if problems.has(loc, msg) or problems.has(prefix + loc, msg):
