@@ -414,6 +414,21 @@ def plan_md_segments(
     )
 
 
+def segment_sizing_from_env() -> tuple[float | None, float | None]:
+    """``(IONFLOW_VASP_WALLTIME_S, IONFLOW_VASP_SECONDS_PER_STEP)`` as numbers (None where
+    unset or not a number): when both are set and ``md.segment_steps`` is not, they size the
+    VASP MD segments to fit one allocation (:func:`plan_md_segments`)."""
+
+    def env_float(key: str) -> float | None:
+        value = os.environ.get(key)
+        try:
+            return float(value) if value else None
+        except ValueError:
+            return None
+
+    return env_float("IONFLOW_VASP_WALLTIME_S"), env_float("IONFLOW_VASP_SECONDS_PER_STEP")
+
+
 # ---------------------------------------------------------------------- walltime
 
 
