@@ -46,7 +46,10 @@ class AnalysisMaker(Maker):
         from jobflow import CURRENT_JOB
 
         from ionflow.analysis import Diffusion, analyze_trajectory, get_analysis
+        from ionflow.outputs import AnalysisOutput, MDOutput
         from ionflow.trajectories import fetch_npz
+
+        md = MDOutput.model_validate(md_output)
 
         runners = [Diffusion(fit=self.fit)]
         runners += [get_analysis(n)() for n in self.analyses if n != "diffusion"]
@@ -54,7 +57,7 @@ class AnalysisMaker(Maker):
         ref = "framework" if (pymatgen or self.drift_reference == "all") else self.drift_reference
         store = getattr(CURRENT_JOB, "store", None)
         with tempfile.TemporaryDirectory() as tmp:
-            path = fetch_npz(md_output["trajectory"], Path(tmp) / "production.npz", store)
+            path = fetch_npz(md.trajectory, Path(tmp) / "production.npz", store)
             results = analyze_trajectory(
                 str(path),
                 runners,
@@ -64,18 +67,7 @@ class AnalysisMaker(Maker):
                 require_temperature=True,
             )
         res = results["diffusion"]
-        res.source = (
-            f"{md_output['material']}/{md_output['variant']}_{md_output['temperature_k']:g}K"
-        )
-        out = {
-            "material": md_output["material"],
-            "variant": md_output["variant"],
-            "temperature_k": md_output["temperature_k"],
-            "analysis_uuid": CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
-            # which MD run this is (find_md_output matches the current summary's runs by it)
-            "trajectory_sha256": (md_output.get("trajectory") or {}).get("sha256"),
-            "analysis": res.model_dump(mode="json"),
-        }
+        res.source = md.label
         others = {
             r.name: {
                 "schema_version": r.schema_version,
@@ -83,9 +75,16 @@ class AnalysisMaker(Maker):
             }
             for r in runners[1:]
         }
-        if others:
-            out["results"] = others
-        return out
+        return AnalysisOutput(
+            material=md.material,
+            variant=md.variant,
+            temperature_k=md.temperature_k,
+            analysis_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
+            # which MD run this is (find_md_output matches the current summary's runs by it)
+            trajectory_sha256=md.trajectory.sha256,
+            analysis=res.model_dump(mode="json"),
+            results=others or None,
+        ).to_output()
 
 
 @dataclass
@@ -99,11 +98,12 @@ class ArrheniusMaker(Maker):
     @job
     def make(self, analyses: list[dict]):
         """Output: a :class:`~ionflow.summary.VariantSummary` document."""
-        from ionflow.analysis import DiffusionAnalysis
+        from ionflow.outputs import AnalysisOutput
         from ionflow.summary import variant_summary
 
-        parsed = [DiffusionAnalysis.model_validate(d["analysis"]) for d in analyses]
-        ids = [{"analysis_uuid": d.get("analysis_uuid")} for d in analyses]
+        outs = [AnalysisOutput.model_validate(d) for d in analyses]
+        parsed = [o.diffusion() for o in outs]
+        ids = [{"analysis_uuid": o.analysis_uuid} for o in outs]
         return variant_summary(self.variant, parsed, ids, self.at_temperature_k).model_dump(
             mode="json"
         )

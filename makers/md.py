@@ -155,6 +155,7 @@ class MLMDMaker(Maker):
         from jobflow import CURRENT_JOB
 
         from ionflow.md import run_md
+        from ionflow.outputs import MDOutput
         from ionflow.potentials import get_calculator
         from ionflow.trajectories import put_npz, traj_to_npz
 
@@ -204,14 +205,14 @@ class MLMDMaker(Maker):
             },
             guard=guard,
         )
-        return {
-            "campaign": self.campaign,
-            "material": self.material,
-            "variant": self.variant,
-            "temperature_k": self.temperature_k,
-            "engine": self.engine,
-            "workdir": str(workdir),
-            "trajectory": ref.model_dump(mode="json"),
-            "fixed_indices": fixed,
-            "md": result.model_dump(mode="json"),
-        }
+        return MDOutput(
+            campaign=self.campaign,
+            material=self.material,
+            variant=self.variant,
+            temperature_k=self.temperature_k,
+            engine=self.engine,
+            workdir=str(workdir),
+            trajectory=ref,
+            fixed_indices=fixed,
+            md=result.model_dump(mode="json"),
+        ).to_output()

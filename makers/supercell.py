@@ -38,7 +38,8 @@ class SupercellMaker(Maker):
 
     @job
     def make(self, structure):
-        """Output: structure, matrix, n_atoms, pinned_indices, pinned_reason, anions."""
+        """Output: a :class:`~ionflow.outputs.SupercellOutput` document."""
+        from ionflow.outputs import SupercellOutput
         from ionflow.structure import classify_anions, make_supercell, pinned_indices
 
         tagged = structure.copy()
@@ -58,13 +59,13 @@ class SupercellMaker(Maker):
                     f"pinned the {len(pinned)} planned sites; a fresh classification of the "
                     f"relaxed supercell would pin {len(fresh)} ({anions.summary()})"
                 )
-        return {
-            "structure": sc,
-            "matrix": [[int(x) for x in row] for row in matrix],
-            "n_atoms": len(sc),
-            "pinned_indices": [int(i) for i in pinned],
-            "pinned_reason": reason,
-            "anions": anions.model_dump(mode="json"),
-            "anion_summary": anions.summary(),
-            "notes": notes,
-        }
+        return SupercellOutput(
+            structure=sc,
+            matrix=[[int(x) for x in row] for row in matrix],
+            n_atoms=len(sc),
+            pinned_indices=[int(i) for i in pinned],
+            pinned_reason=reason,
+            anions=anions.model_dump(mode="json"),
+            anion_summary=anions.summary(),
+            notes=notes,
+        ).to_output()

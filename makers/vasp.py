@@ -619,6 +619,7 @@ class VaspMDMaker(Maker):
     def _store(self, dirs, traj_ids, n_continuations, store) -> dict:
         from jobflow import CURRENT_JOB
 
+        from ionflow.outputs import MDOutput
         from ionflow.trajectories import put_npz, write_npz
 
         plan = self.plan()
@@ -668,17 +669,17 @@ class VaspMDMaker(Maker):
             {"dir": d, "steps": c, "tag": md_segment_tag(self.variant, self.temperature_k, i)}
             for i, (d, c) in enumerate(zip(dirs, chain.steps_per_segment, strict=True), start=1)
         ]
-        return {
-            "campaign": self.campaign,
-            "material": self.material,
-            "variant": self.variant,
-            "temperature_k": self.temperature_k,
-            "engine": "vasp",
-            "workdir": str(Path.cwd()),
-            "trajectory": ref.model_dump(mode="json"),
-            "fixed_indices": fixed,
-            "segments": segments,
-            "md": {
+        return MDOutput(
+            campaign=self.campaign,
+            material=self.material,
+            variant=self.variant,
+            temperature_k=self.temperature_k,
+            engine="vasp",
+            workdir=str(Path.cwd()),
+            trajectory=ref,
+            fixed_indices=fixed,
+            segments=segments,
+            md={
                 "steps_done": chain.steps_done,
                 "total_steps": plan.total_steps,
                 "equilibration_steps": plan.equilibration_steps,
@@ -693,12 +694,12 @@ class VaspMDMaker(Maker):
                 "mean_temperature_k": prod_t,
                 "n_fixed_atoms": len(fixed),
             },
-            "vasp": {
+            vasp={
                 "protocol": iv.PROTOCOL_NAME,
                 "incar_overrides": overrides,
                 "traj_ids": list(traj_ids or []),
             },
-        }
+        ).to_output()
 
 
 def _composition_stub(species: list[str]):

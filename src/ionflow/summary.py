@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field
 from ionflow import __version__
 from ionflow.analysis import ArrheniusFit, DiffusionAnalysis
 from ionflow.analysis.arrhenius import ea_is_resolved
+from ionflow.outputs import SupercellOutput
 
 SCHEMA_VERSION = "1.1"
 
@@ -412,7 +413,7 @@ def build_summary(
     mobile_species: str,
     engine_md: str,
     engine_relax: str,
-    supercell: dict,
+    supercell: SupercellOutput | dict,
     free: VariantSummary,
     pinned: VariantSummary | None,
     provenance: dict | None = None,
@@ -436,10 +437,10 @@ def build_summary(
         comparisons = [
             compare_runs(r, by_t[r.temperature_k]) for r in free_v.runs if r.temperature_k in by_t
         ]
-    anions = supercell.get("anions", {})
+    sc = SupercellOutput.model_validate(supercell)
     quoted = free_v.ea_resolved is True
     iv = free_v.sigma_300k_interval_ms_cm if quoted else None
-    notes = list(supercell.get("notes", []))
+    notes = list(sc.notes)
     notes += [n for v in (free_v, pinned_v) if v is not None and (n := _sigma_note(v))]
     return MaterialSummary(
         campaign=campaign,
@@ -453,19 +454,17 @@ def build_summary(
         temperatures_k=sorted(
             {r.temperature_k for v in (free_v, pinned_v) if v is not None for r in v.runs}
         ),
-        n_atoms_supercell=int(supercell["n_atoms"]),
-        supercell_matrix=supercell["matrix"],
-        n_bonded_anions=len(anions.get("bonded_indices", [])),
-        n_isolated_anions=len(anions.get("isolated_indices", [])),
-        anion_summary=supercell.get("anion_summary", ""),
-        pinned_indices_count=len(supercell.get("pinned_indices", [])),
-        pinned_reason=supercell.get("pinned_reason", ""),
+        n_atoms_supercell=sc.n_atoms,
+        supercell_matrix=sc.matrix,
+        n_bonded_anions=len(sc.bonded_indices),
+        n_isolated_anions=len(sc.isolated_indices),
+        anion_summary=sc.anion_summary,
+        pinned_indices_count=len(sc.pinned_indices),
+        pinned_reason=sc.pinned_reason,
         free=free_v,
         pinned=pinned_v,
         comparisons=comparisons,
-        pinned_verdict=overall_verdict(
-            comparisons, supercell.get("pinned_reason", ""), pinned_v is not None
-        ),
+        pinned_verdict=overall_verdict(comparisons, sc.pinned_reason, pinned_v is not None),
         sigma_basis=SIGMA_BASIS,
         ea_resolved=free_v.ea_resolved,
         ea_ev=free_v.ea_ev,

@@ -1,0 +1,115 @@
+"""Typed outputs of the campaign's jobs (atomate2's ``output_schema`` idea).
+
+Each job builds its output as one of these models and stores ``model.to_output()`` — the
+same plain document shape as before these models existed, so existing databases read
+back unchanged — and each consumer parses what it receives with ``Model.model_validate``
+instead of reading keys by name across modules. Engine-specific extras (VASP segments,
+INCAR overrides) ride along as extra fields of :class:`MDOutput`.
+
+Pure pydantic: no jobflow, FireWorks or database imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ionflow.trajectories import TrajectoryRef
+
+
+class _Output(BaseModel):
+    def to_output(self) -> dict[str, Any]:
+        """The stored document: JSON-like, except objects jobflow serialises itself
+        (a pymatgen ``Structure``)."""
+        return self.model_dump(mode="python", exclude_none=False)
+
+
+class SupercellOutput(_Output):
+    """The supercell every MD run of a material starts from, and what the control pins."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    structure: Any = Field(None, description="pymatgen Structure of the supercell")
+    matrix: list[list[int]] = Field(description="Supercell matrix (rows: multiples of a, b, c)")
+    n_atoms: int = Field(description="Atoms in the supercell")
+    pinned_indices: list[int] = Field(
+        default_factory=list, description="Supercell atoms the pinned control fixes"
+    )
+    pinned_reason: str = Field("", description="Why these atoms (or none) are pinned")
+    anions: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Anion classification (ionflow.structure.AnionClassification dump)",
+    )
+    anion_summary: str = Field("", description="One line: bonded/isolated anions, groups")
+    notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
+
+    @property
+    def bonded_indices(self) -> list[int]:
+        return list(self.anions.get("bonded_indices", []))
+
+    @property
+    def isolated_indices(self) -> list[int]:
+        return list(self.anions.get("isolated_indices", []))
+
+
+class MDOutput(_Output):
+    """One MD run, whichever engine ran it: where its production trajectory is and how it
+    was made. ``md`` holds the engine's run statistics (``mean_temperature_k`` always)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    campaign: str = Field(description="Campaign")
+    material: str = Field(description="Material name")
+    variant: str = Field(description="free | pinned")
+    temperature_k: float = Field(description="Target temperature, K")
+    engine: str = Field(description="MD engine (a potential name or vasp)")
+    workdir: str = Field(description="Working directory of the run")
+    trajectory: TrajectoryRef = Field(description="The stored production trajectory")
+    fixed_indices: list[int] = Field(default_factory=list, description="Atoms held fixed")
+    md: dict[str, Any] = Field(default_factory=dict, description="Engine run statistics")
+
+    @property
+    def frame_interval_fs(self) -> float:
+        return self.trajectory.frame_interval_fs
+
+    @property
+    def velocities_stored(self) -> bool:
+        return self.trajectory.has_velocities
+
+    @property
+    def label(self) -> str:
+        """``Material/variant_TK``."""
+        return f"{self.material}/{self.variant}_{self.temperature_k:g}K"
+
+    def to_output(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class AnalysisOutput(_Output):
+    """The analyses of one MD run: diffusion (always) and the other kinds by name."""
+
+    material: str = Field(description="Material name")
+    variant: str = Field(description="free | pinned")
+    temperature_k: float = Field(description="Target temperature, K")
+    analysis_uuid: str | None = Field(None, description="jobflow uuid of the analysis job")
+    trajectory_sha256: str | None = Field(
+        None, description="Checksum of the analysed trajectory (which MD run this is)"
+    )
+    analysis: dict[str, Any] = Field(description="DiffusionAnalysis document")
+    results: dict[str, dict[str, Any]] | None = Field(
+        None,
+        description="Other analyses: kind → {schema_version, result} (ionflow.analysis.ANALYSES)",
+    )
+
+    def to_output(self) -> dict[str, Any]:
+        out = self.model_dump(mode="json")
+        if out["results"] is None:
+            del out["results"]
+        return out
+
+    def diffusion(self):
+        """The parsed :class:`~ionflow.analysis.DiffusionAnalysis`."""
+        from ionflow.analysis import DiffusionAnalysis
+
+        return DiffusionAnalysis.model_validate(self.analysis)
