@@ -7,12 +7,11 @@ from dataclasses import dataclass
 
 from jobflow import Maker, job
 
+from ionflow.engines import ENGINES
+
 #: ionflow engine name → atomate2 force_field_name
 ATOMATE2_FORCE_FIELDS = {
-    "chgnet": "CHGNet",
-    "mace": "MACE-MP-0",
-    "m3gnet": "M3GNet",
-    "sevennet": "SevenNet",
+    n: e.atomate2_force_field for n, e in ENGINES.items() if e.atomate2_force_field
 }
 
 

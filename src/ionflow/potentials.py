@@ -32,12 +32,13 @@ from typing import Any
 import numpy as np
 from ase.calculators.calculator import Calculator
 
+from ionflow.engines import ENGINES, ML_ENGINES
 from ionflow.errors import UserInputError
 
 __all__ = ["KNOWN_POTENTIALS", "TOY_DEFAULTS", "get_calculator", "normalize_potential_name"]
 
 #: Engine names accepted by :func:`get_calculator` ("morse" is an alias of "toy").
-KNOWN_POTENTIALS: tuple[str, ...] = ("chgnet", "mace", "m3gnet", "sevennet", "toy", "morse")
+KNOWN_POTENTIALS: tuple[str, ...] = (*ML_ENGINES, "morse")
 
 #: Parameters of the toy Morse potential (energies in eV, lengths in Å; the cutoffs are
 #: in units of ``r0_angstrom``, as ASE's ``MorsePotential`` expects).
@@ -52,9 +53,9 @@ TOY_DEFAULTS: dict[str, float] = {
 _ALIASES = {"morse": "toy"}
 
 _MISSING_PACKAGE = {
-    "mace": ("mace-torch", "pip install mace-torch"),
-    "m3gnet": ("matgl", "pip install matgl"),
-    "sevennet": ("sevenn", "pip install sevenn"),
+    name: (e.package, f"pip install {e.package}")
+    for name, e in ENGINES.items()
+    if e.kind == "ml" and e.package and name != "chgnet"
 }
 
 

@@ -68,6 +68,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ionflow.engines import MD_ENGINES, RELAX_ENGINES
 from ionflow.errors import MAX_MESSAGE_LINE, UserInputError, printable
 from ionflow.uris import redact_uri, uri_problem
 
@@ -85,14 +86,16 @@ __all__ = [
     "RelaxSpec",
     "ResolvedMaterial",
     "VaspSpec",
+    "check_temperature_k",
     "load_campaign",
     "planned_jobs",
+    "temperature_problem",
 ]
 
 #: Engines that can run MD (``toy`` is a cheap analytic test potential).
-ALLOWED_ENGINES: tuple[str, ...] = ("chgnet", "mace", "m3gnet", "sevennet", "vasp", "toy")
+ALLOWED_ENGINES: tuple[str, ...] = MD_ENGINES
 #: Engines that can relax a structure; ``none`` skips the relaxation.
-ALLOWED_RELAX_ENGINES: tuple[str, ...] = (*ALLOWED_ENGINES, "none")
+ALLOWED_RELAX_ENGINES: tuple[str, ...] = RELAX_ENGINES
 ALLOWED_THERMOSTATS: tuple[str, ...] = ("nose-hoover", "langevin", "berendsen")
 
 MIN_PRODUCTION_FRAMES = 10
@@ -424,14 +427,37 @@ def _check_time_step(value: float) -> float:
     return value
 
 
+def temperature_problem(value: Any) -> str | None:
+    """The temperature rule, its one home: a temperature is a finite number of kelvin > 0.
+
+    ``"must be > 0 K"`` when ``value`` breaks it, else None. Campaign files
+    (``md.temperatures_k``), the trajectory analyses, tables of D(T) and the Arrhenius fit
+    all check it here.
+    """
+    try:
+        ok = math.isfinite(value) and value > 0
+    except TypeError:
+        ok = False
+    return None if ok else "must be > 0 K"
+
+
+def check_temperature_k(value: Any, what: str = "temperature") -> float:
+    """``value`` as a float when it obeys :func:`temperature_problem`; else
+    ``UserInputError("<what> must be > 0 K, got <value>")`` (one line)."""
+    problem = temperature_problem(value)
+    if problem:
+        raise UserInputError(f"{what} {problem}, got {value}")
+    return float(value)
+
+
 def _check_temperatures(values: list[float]) -> list[float]:
     if not values:
         raise _fail("give at least one temperature, got []")
     if len(values) > MAX_TEMPERATURES:
         raise _fail(f"at most {MAX_TEMPERATURES} temperatures, got {len(values)}")
-    bad = [v for v in values if not math.isfinite(v) or v <= 0]
+    bad = [v for v in values if temperature_problem(v)]
     if bad:
-        raise _fail(f"temperatures must be > 0 K, got {_fmt_list(bad)}")
+        raise _fail(f"temperatures {temperature_problem(bad[0])}, got {_fmt_list(bad)}")
     hot = [v for v in values if v > MAX_TEMPERATURE_K]
     if hot:
         raise _fail(f"temperatures must be ≤ {_fmt_num(MAX_TEMPERATURE_K)} K, got {_fmt_list(hot)}")
@@ -443,13 +469,9 @@ def _check_temperatures(values: list[float]) -> list[float]:
 # ------------------------------------------------------------------- field types
 
 PositiveFloat_fs = Annotated[StrictFloat, _positive("fs")]
-EngineName = Annotated[
-    Literal["chgnet", "mace", "m3gnet", "sevennet", "vasp", "toy"],
-    _choice("engine", ALLOWED_ENGINES),
-]
+EngineName = Annotated[Literal[ALLOWED_ENGINES], _choice("engine", ALLOWED_ENGINES)]
 RelaxEngineName = Annotated[
-    Literal["chgnet", "mace", "m3gnet", "sevennet", "vasp", "toy", "none"],
-    _choice("engine", ALLOWED_RELAX_ENGINES),
+    Literal[ALLOWED_RELAX_ENGINES], _choice("engine", ALLOWED_RELAX_ENGINES)
 ]
 ElementSymbol = Annotated[str, BeforeValidator(_check_element)]
 
@@ -753,11 +775,11 @@ class EngineSpec(_Model):
 
     relax: RelaxEngineName = Field(
         "chgnet",
-        description="Relaxation engine (no unit): chgnet, mace, m3gnet, sevennet, vasp, toy "
+        description=f"Relaxation engine (no unit): {', '.join(ALLOWED_ENGINES)} "
         "or none (skip the relaxation).",
     )
     md: EngineName = Field(
-        "chgnet", description="MD engine (no unit): chgnet, mace, m3gnet, sevennet, vasp or toy."
+        "chgnet", description=f"MD engine (no unit): {', '.join(ALLOWED_ENGINES)}."
     )
 
     @model_validator(mode="before")
@@ -1681,46 +1703,13 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
 
 
 def planned_jobs(spec: CampaignSpec, material: ResolvedMaterial) -> dict[str, int]:
-    """Jobs the campaign runs for one material, by kind.
+    """Jobs ``submit`` creates for one material, by kind (``ionflow validate``).
 
-    relax (unless ``engine.relax: none``) + 1 supercell + 1 MD per temperature + 1 pinned
-    MD per temperature (when there is a pinned control) + 1 analysis per MD run + 1
-    Arrhenius fit per variant (normal, pinned) + 1 summary.
+    Counted from the material's plan (:func:`ionflow.plan.plan_material`): relax (unless
+    ``engine.relax: none``), supercell, ``md`` / ``pinned_md`` = every job of the free /
+    pinned MD runs (one per run; a VASP run's pin, segments, segments output and collect),
+    one analysis per run, one Arrhenius fit per variant, summary.
     """
-    n_t = len(material.md.temperatures_k)
-    pinned = material.has_pinned_control
-    variants = 2 if pinned else 1
-    return {
-        "relax": 0 if spec.engine.relax == "none" else 1,
-        "supercell": 1,
-        "md": n_t,
-        "pinned_md": n_t if pinned else 0,
-        "analysis": n_t * variants,
-        "arrhenius": variants,
-        "summary": 1,
-    }
+    from ionflow.plan import plan_material
 
-
-# ------------------------------------------------------------- canonical structure
-
-
-def _canonical_structure(structure: Any) -> dict[str, Any]:
-    """Lattice and sites rounded to 1e-6 (fractional coordinates wrapped into [0, 1)): the
-    structure part of :func:`ionflow.campaign.stage_keys`."""
-
-    def num(x: float) -> str:
-        value = round(float(x), 6) + 0.0
-        return f"{value:.6f}"
-
-    def frac(x: float) -> str:
-        value = float(x) % 1.0
-        if value > 1.0 - 5e-7:
-            value = 0.0
-        return num(value)
-
-    return {
-        "lattice_a": [[num(x) for x in row] for row in structure.lattice.matrix],
-        "sites": [
-            [site.species_string, *(frac(x) for x in site.frac_coords)] for site in structure
-        ],
-    }
+    return plan_material(spec, material).counts()
