@@ -521,7 +521,7 @@ def test_stored_trajectory_keeps_velocities_consistent_with_positions(tmp_path):
         Path(result.production_trajectory), tmp_path / "p.npz", s.time_step_fs, s.temperature_k
     )
     data = np.load(npz)
-    vel, pos, lat = data["velocities_a_fs"], data["positions"].astype(float), data["lattice"]
+    vel, pos, lat = data["velocities"], data["positions"].astype(float), data["lattice"]
     assert vel.dtype == np.float32 and vel.shape == pos.shape
     frac = np.diff(pos @ np.linalg.inv(lat), axis=0)
     steps = (frac - np.round(frac)) @ lat  # unwrapped steps, Å
@@ -532,4 +532,4 @@ def test_stored_trajectory_keeps_velocities_consistent_with_positions(tmp_path):
         Path(result.production_trajectory), tmp_path / "q.npz", s.time_step_fs,
         s.temperature_k, velocities=False,
     )  # fmt: skip
-    assert "velocities_a_fs" not in np.load(plain)
+    assert "velocities" not in np.load(plain)

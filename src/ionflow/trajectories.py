@@ -37,7 +37,7 @@ class TrajectoryRef(BaseModel):
     frame_interval_fs: float = Field(description="Time between frames, fs")
     temperature_k: float = Field(description="Target temperature, K")
     has_velocities: bool = Field(
-        False, description="The file also holds velocities_a_fs (frames × atoms × 3, Å/fs)"
+        False, description="The file also holds 'velocities' (frames × atoms × 3, Å/fs)"
     )
 
 
@@ -57,7 +57,7 @@ def write_npz(
     tmp = path.with_suffix(".tmp.npz")
     extra = {}
     if velocities_a_fs is not None:
-        extra["velocities_a_fs"] = np.asarray(velocities_a_fs, dtype=np.float32)
+        extra["velocities"] = np.asarray(velocities_a_fs, dtype=np.float32)  # Å/fs
     np.savez_compressed(
         tmp,
         **extra,
@@ -172,7 +172,7 @@ def put_npz(store, npz_path: Path, metadata: dict, guard=None) -> TrajectoryRef:
         n_atoms=len(info.species),
         frame_interval_fs=info.frame_interval_fs,
         temperature_k=info.temperature_k,
-        has_velocities=_has_member(npz_path, "velocities_a_fs"),
+        has_velocities=_has_member(npz_path, "velocities"),
     )
     db = _database(store) if store is not None else None
     if db is not None:
