@@ -62,6 +62,65 @@ def _parse_drift(ref: str) -> str | list[int]:
     return ref
 
 
+def trajectory_args(
+    traj: list[Path],
+    temperature_k: float | None,
+    time_step_fs: float | None,
+    step_skip: int,
+    skip_frames: int,
+) -> float | None:
+    """Check the trajectory options every trajectory command shares; the frame interval
+    (fs) they give, or None to take it from the file."""
+    if temperature_k is not None and not temperature_k > 0:
+        raise UserInputError(f"--temperature-k must be > 0, got {temperature_k}")
+    if time_step_fs is not None and not time_step_fs > 0:
+        raise UserInputError(f"--time-step-fs must be > 0, got {time_step_fs}")
+    if step_skip < 1:
+        raise UserInputError(f"--step-skip must be ≥ 1, got {step_skip}")
+    if skip_frames < 0:
+        raise UserInputError(f"--skip-frames must be ≥ 0, got {skip_frames}")
+    for p in traj:
+        if not p.exists():
+            raise UserInputError(f"{p}: no such file")
+    return time_step_fs * step_skip if time_step_fs is not None else None
+
+
+def run_streamed(
+    traj: list[Path],
+    analyses: list,
+    *,
+    species: str,
+    temperature_k: float | None,
+    time_step_fs: float | None,
+    step_skip: int = 1,
+    skip_frames: int = 0,
+    drift_reference: str = "auto",
+    structure: Path | None = None,
+    fmt: str | None = None,
+    quiet: bool = False,
+    require_temperature: bool = False,
+) -> dict:
+    """Run registered streamed analyses over the trajectory options of a command (the same
+    inputs as ``ionflow analyze``), with a progress bar unless ``quiet``; name → result."""
+    from ionflow.analysis import analyze_trajectory
+
+    frame_interval = trajectory_args(traj, temperature_k, time_step_fs, step_skip, skip_frames)
+    with _progress(not quiet and sys.stderr.isatty()) as cb:
+        return analyze_trajectory(
+            [str(p) for p in traj] if len(traj) > 1 else str(traj[0]),
+            analyses,
+            species=species,
+            temperature_k=temperature_k,
+            frame_interval_fs=frame_interval,
+            drift_reference=_parse_drift(drift_reference),
+            skip_frames=skip_frames,
+            structure=structure,
+            format=fmt,
+            progress=cb,
+            require_temperature=require_temperature,
+        )
+
+
 def _fmt(x, spec=".3g") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -111,22 +170,11 @@ def analyze_cmd(
     """Diffusivity, conductivity and Haven ratio of one MD run, with honest error bars."""
     from ionflow.analysis import analyze_file
 
-    if temperature_k is not None and not temperature_k > 0:
-        raise UserInputError(f"--temperature-k must be > 0, got {temperature_k}")
-    if time_step_fs is not None and not time_step_fs > 0:
-        raise UserInputError(f"--time-step-fs must be > 0, got {time_step_fs}")
-    if step_skip < 1:
-        raise UserInputError(f"--step-skip must be ≥ 1, got {step_skip}")
-    if skip_frames < 0:
-        raise UserInputError(f"--skip-frames must be ≥ 0, got {skip_frames}")
+    frame_interval = trajectory_args(traj, temperature_k, time_step_fs, step_skip, skip_frames)
     if not (min_hops >= 0 and math.isfinite(min_hops)):
         raise UserInputError(f"--min-hops must be a finite number ≥ 0, got {min_hops}")
     if fit not in ("ionflow", "pymatgen"):
         raise UserInputError(f"--fit must be ionflow or pymatgen, got {fit!r}")
-    for p in traj:
-        if not p.exists():
-            raise UserInputError(f"{p}: no such file")
-    frame_interval = time_step_fs * step_skip if time_step_fs is not None else None
     with _progress(not quiet and sys.stderr.isatty()) as cb:
         res = analyze_file(
             [str(p) for p in traj] if len(traj) > 1 else str(traj[0]),
