@@ -3,8 +3,9 @@
 relax → supercell → {MD(T), pinned MD(T)} for every T → analysis per run → summary
 (Arrhenius per variant, free/pinned comparison).
 
-The graph is decided up front from the validated spec (temperatures, whether the material
-has a pinned control); every MD/analysis job of a material runs in parallel once the
+The graph is decided up front: the runs (variant × temperature) and the job names come from
+the material's plan (:mod:`ionflow.plan`), which :func:`ionflow.campaign.key_jobs` checks the
+flow against job by job; every MD/analysis job of a material runs in parallel once the
 supercell exists.
 """
 
@@ -18,6 +19,7 @@ from ionflow.makers.analysis import AnalysisMaker, ArrheniusMaker, SummaryMaker
 from ionflow.makers.md import MLMDMaker
 from ionflow.makers.relax import RelaxMaker
 from ionflow.makers.supercell import SupercellMaker
+from ionflow.plan import Run, category, job_name, plan_runs
 
 
 @dataclass
@@ -39,7 +41,7 @@ class MaterialCampaignMaker(Maker):
     analysis_maker
         Analysis maker.
     temperatures_k
-        Temperatures of the series.
+        Temperatures of the series (the runs when :meth:`make` is given none).
     pinned_control
         Whether to run the pinned variant (decided at submit time from the structure).
     engine_relax
@@ -61,56 +63,62 @@ class MaterialCampaignMaker(Maker):
     pinned_control: bool = True
     engine_relax: str = "chgnet"
 
-    def make(self, structure, material: str, metadata: dict | None = None) -> Flow:
-        """The flow of ``material`` starting from ``structure``."""
+    def make(
+        self,
+        structure,
+        material: str,
+        metadata: dict | None = None,
+        runs: tuple[Run, ...] | None = None,
+    ) -> Flow:
+        """The flow of ``material`` starting from ``structure``: one MD run and its analysis
+        per run of ``runs`` (default: :func:`ionflow.plan.plan_runs` of ``temperatures_k``
+        and ``pinned_control``), in that order."""
         from dataclasses import replace
 
-        jobs, md_jobs, relax_job = [], [], None
+        if runs is None:
+            runs = plan_runs(self.temperatures_k, self.pinned_control)
+        stages: list[tuple[str, object]] = []  # (kind, job or sub-flow), in flow order
         if self.relax_maker is not None:
-            relax = relax_job = self.relax_maker.make(structure)
-            relax.append_name(f" {material}")
+            relax = replace(self.relax_maker, name=job_name("relax", material)).make(structure)
             relax.update_metadata({"ionflow_stage": "relax"})
-            jobs.append(relax)
+            stages.append(("relax", relax))
             start = relax.output.structure
         else:
             start = structure
-        sc = self.supercell_maker.make(start)
-        sc.append_name(f" {material}")
+        sc = replace(self.supercell_maker, name=job_name("supercell", material)).make(start)
         sc.update_metadata({"ionflow_stage": "supercell"})
-        jobs.append(sc)
-        variants = ["free", "pinned"] if self.pinned_control else ["free"]
-        analyses: dict[str, list] = {v: [] for v in variants}
-        for t in self.temperatures_k:
-            for v in variants:
-                mdm = replace(
-                    self.md_maker,
-                    name=f"md {material} {v} {t:g}K",
-                    temperature_k=float(t),
-                    variant=v,
-                    campaign=self.campaign,
-                    material=material,
-                )
-                md = mdm.make(
-                    sc.output.structure, sc.output.pinned_indices if v == "pinned" else None
-                )
-                an = replace(self.analysis_maker, name=f"analysis {material} {v} {t:g}K").make(
-                    md.output
-                )
-                md.update_metadata({"ionflow_stage": "md"})
-                an.update_metadata({"ionflow_stage": "analysis"})
-                for j in (md, an):
-                    j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": float(t)})
-                jobs += [md, an]
-                md_jobs.append(md)
-                analyses[v].append(an.output)
+        stages.append(("supercell", sc))
+        analyses: dict[str, list] = {}
+        for run in runs:
+            v, t = run.variant, float(run.temperature_k)
+            mdm = replace(
+                self.md_maker,
+                name=job_name("md", material, run),
+                temperature_k=t,
+                variant=v,
+                campaign=self.campaign,
+                material=material,
+            )
+            md = mdm.make(sc.output.structure, sc.output.pinned_indices if v == "pinned" else None)
+            an = replace(self.analysis_maker, name=job_name("analysis", material, run)).make(
+                md.output
+            )
+            md.update_metadata({"ionflow_stage": "md"})
+            an.update_metadata({"ionflow_stage": "analysis"})
+            for j in (md, an):
+                j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": t})
+            stages += [("md", md), ("analysis", an)]
+            analyses.setdefault(v, []).append(an.output)
         fits = {}
-        for v in variants:
-            fit = ArrheniusMaker(name=f"arrhenius {material} {v}", variant=v).make(analyses[v])
+        for v, outputs in analyses.items():
+            fit = ArrheniusMaker(name=job_name("arrhenius", material, variant=v), variant=v).make(
+                outputs
+            )
             fit.update_metadata({"ionflow_stage": "arrhenius", "ionflow_variant": v})
-            jobs.append(fit)
+            stages.append(("arrhenius", fit))
             fits[v] = fit.output
         summary = SummaryMaker(
-            name=f"summary {material}",
+            name=job_name("summary", material),
             campaign=self.campaign,
             material=material,
             mobile_species=self.analysis_maker.mobile_species,
@@ -141,10 +149,11 @@ class MaterialCampaignMaker(Maker):
             },
         )
         summary.update_metadata({"ionflow_stage": "summary"})
-        jobs.append(summary)
-        kinds = {id(relax_job): "relax", **{id(m): "md" for m in md_jobs}}
-        for j in jobs:
+        stages.append(("summary", summary))
+        for kind, j in stages:
             j.update_metadata({"ionflow_material": material, **(metadata or {})})
             # FireWorks category per job kind: each Slurm profile's worker pulls only its kind
-            j.update_config({"manager_config": {"_category": kinds.get(id(j), "analysis")}})
-        return Flow(jobs, output=summary.output, name=f"{self.campaign}: {material}")
+            j.update_config({"manager_config": {"_category": category(kind)}})
+        return Flow(
+            [j for _, j in stages], output=summary.output, name=f"{self.campaign}: {material}"
+        )

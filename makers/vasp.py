@@ -90,6 +90,7 @@ from jobflow import Flow, Maker, Response, job
 from jobflow.core.job import JobConfig
 
 from ionflow import vasp as iv
+from ionflow.plan import md_part_name, plan_material, run_label
 
 __all__ = [
     "STANDIN_COMMAND",
@@ -121,7 +122,7 @@ _SET_OPTIONS = {
 
 def md_segment_tag(variant: str, temperature_k: float, segment: int) -> str:
     """Stable tag of an MD segment job, e.g. ``md_pinned_800K_s02``."""
-    return f"md_{variant}_{temperature_k:g}K_s{segment:02d}"
+    return f"md_{variant}_{run_label(temperature_k)}_s{segment:02d}"
 
 
 # --------------------------------------------------------------------- run time
@@ -516,7 +517,7 @@ class VaspMDMaker(Maker):
     @property
     def tag(self) -> str:
         """Run label, e.g. ``pinned_800K``."""
-        return f"{self.variant}_{self.temperature_k:g}K"
+        return f"{self.variant}_{run_label(self.temperature_k)}"
 
     def plan(self) -> iv.MDSegmentPlan:
         """The planned segments (:func:`ionflow.vasp.plan_md_segments`)."""
@@ -534,7 +535,7 @@ class VaspMDMaker(Maker):
         """The atomate2 maker of segment number ``segment`` (1-based) with ``nsteps`` steps."""
         iv.check_md_overrides(self.incar_overrides)  # fail when the flow is built
         return VaspMDSegmentMaker(
-            name=f"{self.name} seg {segment}",
+            name=md_part_name(self.name, "segment", segment),
             temperature_k=float(self.temperature_k),
             time_step_fs=float(self.time_step_fs),
             nsteps=int(nsteps),
@@ -553,19 +554,19 @@ class VaspMDMaker(Maker):
         for maker, seg_job in zip(makers, seg_jobs, strict=True):
             seg_job.name = maker.name
             seg_job.metadata[TAG_KEY] = maker.tag
-        flow.jobs[-1].name = f"{self.name} segments output"
+        flow.jobs[-1].name = md_part_name(self.name, "segments-output")
         return flow, seg_jobs
 
     def make(self, structure, fixed_indices: list[int] | None = None) -> Flow:
         """The MD flow of ``structure`` (pinned on ``fixed_indices`` when given)."""
         plan = self.plan()
-        label = f"{self.material} {self.variant} {self.temperature_k:g}K"
+        label = f"{self.material} {self.variant} {run_label(self.temperature_k)}"
         pin = pin_structure(structure, fixed_indices, label if self.variant == "pinned" else "")
-        pin.name = f"{self.name} pin"
+        pin.name = md_part_name(self.name, "pin")
         makers = [self.segment_maker(n, i) for i, n in enumerate(plan.segments, start=1)]
         segments, seg_jobs = self._segments_flow(pin.output, makers)
         collect = self.collect([j.output.dir_name for j in seg_jobs], segments.output.full_traj_ids)
-        collect.name = f"{self.name} collect"
+        collect.name = md_part_name(self.name, "collect")
         return Flow([pin, segments, collect], output=collect.output, name=self.name)
 
     @job(config=JobConfig(expose_store=True))
@@ -743,14 +744,7 @@ def vasp_md_maker(spec, mat) -> VaspMDMaker:
     ``md.segment_steps`` is not) size the segments to fit one allocation.
     """
     md = mat.md
-
-    def env_float(key: str) -> float | None:
-        value = os.environ.get(key)
-        try:
-            return float(value) if value else None
-        except ValueError:
-            return None
-
+    walltime_s, seconds_per_step = iv.segment_sizing_from_env()
     maker = VaspMDMaker(
         campaign=spec.campaign,
         material=mat.name,
@@ -760,8 +754,8 @@ def vasp_md_maker(spec, mat) -> VaspMDMaker:
         frame_interval_steps=md.frame_stride_steps,
         thermostat=md.thermostat,
         segment_steps=md.segment_steps,
-        walltime_s=env_float("IONFLOW_VASP_WALLTIME_S"),
-        seconds_per_step=env_float("IONFLOW_VASP_SECONDS_PER_STEP"),
+        walltime_s=walltime_s,
+        seconds_per_step=seconds_per_step,
         incar_overrides=dict(mat.vasp_incar),
     )
     maker.plan()  # report bad settings when the campaign is planned
@@ -799,7 +793,9 @@ class PlannedVaspJob:
 
 
 def planned_vasp_jobs(spec, mat) -> list[PlannedVaspJob]:
-    """Every VASP job the campaign runs for ``mat``, with the generator of its inputs.
+    """Every VASP job the campaign runs for ``mat``, with the generator of its inputs: the
+    VASP relaxation and MD segments of its plan (:func:`ionflow.plan.plan_material`), in
+    flow order.
 
     The relaxation (``engine.relax: vasp``) is planned on the primitive input cell, the MD
     (``engine.md: vasp``) on the supercell of that cell (the relaxed cell is not known before
@@ -808,10 +804,10 @@ def planned_vasp_jobs(spec, mat) -> list[PlannedVaspJob]:
     """
     from ionflow.structure import make_supercell, pinned_indices, with_selective_dynamics
 
+    plan = plan_material(spec, mat)
     jobs: list[PlannedVaspJob] = []
-    eng = spec.engine
     start = mat.structure
-    if eng.relax == "vasp":
+    if plan.engine_relax == "vasp":
         relax = vasp_relax_maker(spec, mat)
         start = relax.prepare(mat.structure)
         generator, record = relax.input_set_generator_for(start)
@@ -820,41 +816,40 @@ def planned_vasp_jobs(spec, mat) -> list[PlannedVaspJob]:
                 relax.tag, "relax", start, generator, record, info={"n_atoms": len(start)}
             )
         )
-    if eng.md != "vasp":
+    if plan.engine_md != "vasp":
         return jobs
     md = vasp_md_maker(spec, mat)
     sc, matrix = make_supercell(start, mat.md.supercell_min_length_a)
     pinned: list[int] = []
-    if mat.has_pinned_control:
+    structures = {"free": sc}
+    if "pinned" in plan.variants:
         pinned, _ = pinned_indices(sc, spec.mobile_species, mat.md.pinned_control_arg)
-    variants = {"free": sc}
-    if mat.has_pinned_control:
-        variants["pinned"] = with_selective_dynamics(sc, pinned)
-    plan = md.plan()
-    for t in mat.md.temperatures_k:
-        for variant, structure in variants.items():
-            run = replace(md, temperature_k=float(t), variant=variant)
-            for i, nsw in enumerate(plan.segments, start=1):
-                seg = run.segment_maker(nsw, i)
-                generator, record = seg.input_set_generator_for(structure)
-                prev = md_segment_tag(variant, float(t), i - 1)
-                jobs.append(
-                    PlannedVaspJob(
-                        seg.tag,
-                        "md",
-                        structure,
-                        generator,
-                        record,
-                        poscar=i == 1,
-                        note=""
-                        if i == 1
-                        else f"POSCAR = CONTCAR of {prev} (positions + velocities)",
-                        info={
-                            "n_atoms": len(structure),
-                            "n_pinned": len(pinned) if variant == "pinned" else 0,
-                            "supercell_matrix": [[int(x) for x in row] for row in matrix],
-                            "nsw": nsw,
-                        },
-                    )
-                )
+        structures["pinned"] = with_selective_dynamics(sc, pinned)
+    for planned in plan.jobs:
+        if planned.part != "segment":
+            continue
+        variant, t, i, nsw = planned.variant, planned.temperature_k, planned.segment, planned.nsteps
+        structure = structures[variant]
+        seg = replace(md, temperature_k=t, variant=variant).segment_maker(nsw, i)
+        generator, record = seg.input_set_generator_for(structure)
+        jobs.append(
+            PlannedVaspJob(
+                seg.tag,
+                "md",
+                structure,
+                generator,
+                record,
+                poscar=i == 1,
+                note=""
+                if i == 1
+                else f"POSCAR = CONTCAR of {md_segment_tag(variant, t, i - 1)} "
+                "(positions + velocities)",
+                info={
+                    "n_atoms": len(structure),
+                    "n_pinned": len(pinned) if variant == "pinned" else 0,
+                    "supercell_matrix": [[int(x) for x in row] for row in matrix],
+                    "nsw": nsw,
+                },
+            )
+        )
     return jobs

@@ -174,3 +174,125 @@ def test_vasp_job_keys_are_pinned(tmp_path, monkeypatch):
     jobs = [(j.name, planned.keys[j.uuid]) for j in _flat_jobs(planned.flow)]
     assert jobs == VASP_REFERENCE_JOBS
     assert planned.fingerprint == VASP_REFERENCE["Li6PS5Cl"][("summary",)]
+
+
+# ----------------------------------------------- validate counts what submit creates
+
+#: The VASP campaign of tests/test_vasp.py's end-to-end test (two segments per run).
+VASP_STANDIN_YAML = """
+campaign: vasp-standin
+mobile_species: Li
+engine: {{relax: vasp, md: vasp}}
+md:
+  temperatures_k: [600, 900]
+  time_step_fs: 2.0
+  equilibration_ps: 0.01
+  production_ps: 0.06
+  frame_interval_fs: 4.0
+  supercell_min_length_a: 5.0
+  pinned_control: {{species: [N]}}
+  segment_steps: 20
+vasp:
+  incar: {{RELAX: {{NSW: 60}}}}
+materials:
+  - {{name: Li3N, structure: {structure}}}
+"""
+
+
+def _campaign_files() -> list[Path]:
+    """Every campaign file in the repository: workflows.yaml, examples/ and tests/."""
+    import yaml
+
+    found = []
+    for path in sorted(
+        [*REPO.glob("*.y*ml"), *REPO.glob("examples/**/*.y*ml"), *REPO.glob("tests/**/*.y*ml")]
+    ):
+        data = yaml.safe_load(path.read_text())
+        if isinstance(data, dict) and "campaign" in data and "materials" in data:
+            found.append(path)
+    return found
+
+
+def _variants(tmp: Path) -> dict[str, tuple[Path, dict]]:
+    """Campaigns the repository's tests run (ML and VASP), and variants of them that plan
+    other job shapes: no relaxation, VASP segments sized from the walltime environment."""
+    ref = (REPO / "tests" / "vasp_reference" / "campaign.yaml").read_text()
+    ref = ref.replace("../../examples/", f"{REPO / 'examples'}/")
+    toy = _toy(tmp).read_text()
+    texts = {
+        "toy": (toy, {}),
+        "toy, relax none": (toy.replace("{relax: toy, md: toy}", "{relax: none, md: toy}"), {}),
+        "vasp-standin": (VASP_STANDIN_YAML.format(structure=REPO / "examples" / "Li3N.cif"), {}),
+        "vasp reference, MD only": (
+            ref.replace("{relax: vasp, md: vasp}", "{relax: none, md: vasp}"),
+            {},
+        ),
+        "vasp reference, segments from the walltime": (
+            ref.replace("  segment_steps: 35000\n", ""),
+            {"IONFLOW_VASP_WALLTIME_S": "86400", "IONFLOW_VASP_SECONDS_PER_STEP": "5"},
+        ),
+    }
+    out = {}
+    for i, (name, (text, env)) in enumerate(texts.items()):
+        path = tmp / f"campaign{i}.yaml"
+        path.write_text(text)
+        out[name] = (path, env)
+    return out
+
+
+def _submitted_jobs(planned) -> list[str]:
+    """The fireworks ``submit`` writes for a new material, by counted kind."""
+    from ionflow.campaign import workflow_documents
+
+    _, fw_docs = workflow_documents(planned.flow, {}, 0)
+    kinds = []
+    for doc in fw_docs:
+        stage, variant = doc["spec"]["ionflow_stage"], doc["spec"].get("ionflow_variant")
+        kinds.append("pinned_md" if stage == "md" and variant == "pinned" else stage)
+    return kinds
+
+
+def test_validate_counts_equal_submitted_jobs(tmp_path, monkeypatch, capsys):
+    """For every campaign file of the repository and the campaigns the tests run, ML and
+    VASP: ``ionflow validate --json`` counts, by kind, exactly the fireworks ``submit``
+    creates from the flows ``plan_campaign`` builds (sub-flow jobs and segments included)."""
+    import json
+    from collections import Counter
+
+    from ionflow.campaign import plan_campaign
+    from ionflow.cli import main
+    from ionflow.spec import load_campaign
+
+    files = _campaign_files()
+    assert {p.relative_to(REPO).as_posix() for p in files} >= {
+        "workflows.yaml",
+        "tests/vasp_reference/campaign.yaml",
+    }
+    cases = {p.relative_to(REPO).as_posix(): (p, {}) for p in files} | _variants(tmp_path)
+    seen = {}
+    for name, (path, env) in cases.items():
+        for key in ("IONFLOW_VASP_WALLTIME_S", "IONFLOW_VASP_SECONDS_PER_STEP"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        try:
+            main(["validate", "--json", str(path)])
+        except SystemExit as exc:
+            assert not exc.code, f"{name}: validate exited {exc.code}"
+        report = json.loads(capsys.readouterr().out)
+        spec, materials = load_campaign(path)
+        planned = plan_campaign(spec, materials, tmp_path / "runs")
+        assert len(planned) == len(report["materials"]) == len(materials), name
+        for row, p in zip(report["materials"], planned, strict=True):
+            submitted = Counter(_submitted_jobs(p))
+            counted = Counter({k: n for k, n in row["jobs"].items() if n})
+            assert counted == submitted, f"{name} / {row['name']}"
+            assert row["n_jobs"] == p.n_jobs == sum(submitted.values()), name
+        assert report["n_jobs"] == sum(p.n_jobs for p in planned), name
+        seen[name] = report["n_jobs"]
+    # the shapes planned: segments from the walltime (5 of ≤ 15498 steps) and no relaxation
+    assert seen["tests/vasp_reference/campaign.yaml"] == 17  # 1+1+2·(pin+2 seg+out+collect)+2+2+1
+    assert seen["vasp reference, segments from the walltime"] == 1 + 1 + 2 * 8 + 2 + 2 + 1
+    assert seen["vasp reference, MD only"] == 16
+    assert seen["workflows.yaml"] == 27
+    assert seen["toy"] == 21 and seen["toy, relax none"] == 19

@@ -4,7 +4,8 @@ One FireWorks workflow per material. Every firework carries ``spec.ionflow_campa
 ``ionflow_material`` so workers, status and recovery can select a campaign.
 
 Reuse is decided per job. Every job carries ``spec.ionflow_key``, a hash of everything its
-result depends on (:func:`stage_keys`): the relaxation of the structure and its settings;
+result depends on (its stage's key, :func:`ionflow.plan.stage_keys`, in the material's
+plan :func:`ionflow.plan.plan_material`): the relaxation of the structure and its settings;
 the supercell of that relaxation and its settings; the MD run of that supercell at one
 temperature and variant with its MD settings; the analysis of that run; the Arrhenius fit of
 a variant's set of analyses; the summary of the fits. :func:`submit` looks the planned keys
@@ -19,15 +20,14 @@ and summary, and recomputes nothing else. Each call is recorded in the
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ionflow.engines import ML_ENGINES
 from ionflow.errors import UserInputError
+from ionflow.plan import MaterialPlan, plan_material
+from ionflow.plan import stage_keys as stage_keys
 from ionflow.spec import CampaignSpec, ResolvedMaterial
-
-ML_ENGINES = ("chgnet", "mace", "m3gnet", "sevennet", "toy")
 
 #: Collection (LaunchPad database) with one document per submission.
 SUBMISSIONS_COLLECTION = "ionflow_submissions"
@@ -43,12 +43,14 @@ _UNUSABLE_STATES = ("DEFUSED", "ARCHIVED")
 
 @dataclass
 class PlannedMaterial:
-    """A material's flow, its fingerprint (= the key of its summary) and its job keys."""
+    """A material's flow, its fingerprint (= the key of its summary), its job keys and the
+    plan the flow was built from."""
 
     material: ResolvedMaterial
     flow: object
     fingerprint: str
     keys: dict[str, str] = field(default_factory=dict)  # job uuid -> ionflow_key
+    plan: MaterialPlan | None = None
 
     @property
     def n_jobs(self) -> int:
@@ -56,82 +58,11 @@ class PlannedMaterial:
         return len(self.keys)
 
 
-def _key(payload) -> str:
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
-
-
-def stage_keys(spec: CampaignSpec, mat: ResolvedMaterial) -> dict[tuple, str]:
-    """The reuse key of every stage of a material's flow.
-
-    Keys chain: each includes the key of the stage it consumes, so equal keys mean equal
-    inputs all the way up to the structure file's content. Names of files and execution
-    settings are not part of any key.
-
-    Returns
-    -------
-    dict
-        ``("relax",)``, ``("supercell",)``, ``("md", variant, T)``,
-        ``("analysis", variant, T)``, ``("arrhenius", variant)`` and ``("summary",)`` →
-        key (hex).
-    """
-    from ionflow.spec import _canonical_structure
-
-    eng = spec.engine
-    md = mat.md.model_dump(mode="json")
-    temperatures = [float(t) for t in md.pop("temperatures_k")]
-    relax = _key(
-        {
-            "campaign": spec.campaign,
-            "material": mat.name,
-            "structure": _canonical_structure(mat.structure),
-            "engine": eng.relax,
-            "relax": spec.relax.model_dump(mode="json") if eng.relax != "none" else None,
-            "incar": mat.vasp_incar if eng.relax == "vasp" else None,
-        }
-    )
-    supercell = _key(
-        {
-            "relax": relax,
-            "mobile_species": spec.mobile_species,
-            "matrix": mat.supercell_matrix,
-            "min_length_a": md["supercell_min_length_a"],
-            "pinned_control": md["pinned_control"],
-            "pinned": list(mat.pinned_indices),
-            "variants": mat.has_pinned_control,
-        }
-    )
-    variants = ["free", "pinned"] if mat.has_pinned_control else ["free"]
-    analysis = spec.analysis.model_dump(mode="json")
-    if analysis.get("analyses") == ["diffusion"]:  # the default: keys as before it existed
-        del analysis["analyses"]
-    keys: dict[tuple, str] = {("relax",): relax, ("supercell",): supercell}
-    for v in variants:
-        for t in temperatures:
-            keys["md", v, t] = _key(
-                {
-                    "supercell": supercell,
-                    "engine": eng.md,
-                    "md": md,
-                    "incar": mat.vasp_incar if eng.md == "vasp" else None,
-                    "variant": v,
-                    "temperature_k": t,
-                }
-            )
-            keys["analysis", v, t] = _key(
-                {"md": keys["md", v, t], "mobile": spec.mobile_species, "analysis": analysis}
-            )
-        keys["arrhenius", v] = _key(
-            {"variant": v, "analyses": sorted(keys["analysis", v, t] for t in temperatures)}
-        )
-    keys["summary",] = _key(
-        {"supercell": supercell, "fits": [keys["arrhenius", v] for v in variants]}
-    )
-    return keys
-
-
-def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path):
-    """The jobflow Flow of one material (see :mod:`ionflow.flows.campaign`)."""
+def build_material_flow(
+    spec: CampaignSpec, mat: ResolvedMaterial, run_root: Path, plan: MaterialPlan | None = None
+):
+    """The jobflow Flow of one material (see :mod:`ionflow.flows.campaign`): one stage per
+    job or run of ``plan`` (default: :func:`ionflow.plan.plan_material`)."""
     from ionflow.flows.campaign import MaterialCampaignMaker
     from ionflow.makers.analysis import AnalysisMaker
     from ionflow.makers.md import MLMDMaker
@@ -202,7 +133,9 @@ def build_material_flow(spec: CampaignSpec, mat: ResolvedMaterial, run_root: Pat
             if getattr(maker.supercell_maker, "pinned_sites", None) is not None:
                 maker.supercell_maker.pinned_sites = pinned
     meta = {"ionflow_campaign": spec.campaign}
-    return maker.make(start, mat.name, metadata=meta)
+    if plan is None:
+        plan = plan_material(spec, mat)
+    return maker.make(start, mat.name, metadata=meta, runs=plan.runs)
 
 
 def _flat_jobs(item) -> list:
@@ -214,35 +147,27 @@ def _flat_jobs(item) -> list:
     return [item]
 
 
-def _stage_of(item) -> tuple:
-    """The :func:`stage_keys` key of one top-level item of a material flow."""
-    meta = _flat_jobs(item)[0].metadata
-    stage = meta.get("ionflow_stage")
-    if stage in ("md", "analysis"):
-        return (stage, meta["ionflow_variant"], float(meta["ionflow_temperature_k"]))
-    if stage == "arrhenius":
-        return (stage, meta["ionflow_variant"])
-    if stage is None:
-        raise ValueError(f"job {getattr(item, 'name', item)!r} has no ionflow_stage")
-    return (stage,)
+def key_jobs(flow, plan: MaterialPlan) -> dict[str, str]:
+    """Give every job of a material flow its planned reuse key; return uuid → key.
 
-
-def key_jobs(flow, keys: dict[tuple, str]) -> dict[str, str]:
-    """Set ``metadata.ionflow_key`` (and ``ionflow_job_uuid``) on every job of a material
-    flow; return uuid → key.
-
-    A stage made of several jobs (a VASP MD run: pin, segments, collect) numbers them:
-    ``<stage key>.<position>``.
+    The flow must be the plan, job for job (flow order, names): a flow that drifted from
+    the plan (a job more or less, another order) is a bug and raises, so ``validate``,
+    ``inputs`` and ``status``, which read the plan, always describe what ``submit`` adds.
+    Sets ``metadata.ionflow_key`` and ``ionflow_job_uuid`` (also a replacement's: same uuid).
     """
+    jobs = _flat_jobs(flow)
+    names = [j.name for j in jobs]
+    planned = [j.label for j in plan.jobs]
+    if names != planned:
+        raise RuntimeError(
+            f"the flow of material {plan.material!r} is not its plan: flow jobs {names}, "
+            f"planned {planned}"
+        )
     out: dict[str, str] = {}
-    for item in flow.jobs:
-        base = keys[_stage_of(item)]
-        jobs = _flat_jobs(item)
-        for i, job in enumerate(jobs):
-            key = base if len(jobs) == 1 else f"{base}.{i}"
-            job.metadata["ionflow_key"] = key
-            job.metadata["ionflow_job_uuid"] = job.uuid  # also a replacement's (same uuid)
-            out[job.uuid] = key
+    for job, record in zip(jobs, plan.jobs, strict=True):
+        job.metadata["ionflow_key"] = record.key
+        job.metadata["ionflow_job_uuid"] = job.uuid
+        out[job.uuid] = record.key
     return out
 
 
@@ -250,10 +175,9 @@ def plan_campaign(spec: CampaignSpec, materials: list[ResolvedMaterial], run_roo
     """Flows of every material, every job keyed (nothing is submitted)."""
     out = []
     for mat in materials:
-        flow = build_material_flow(spec, mat, run_root)
-        skeys = stage_keys(spec, mat)
-        keys = key_jobs(flow, skeys)
-        out.append(PlannedMaterial(mat, flow, skeys["summary",], keys))
+        plan = plan_material(spec, mat)
+        flow = build_material_flow(spec, mat, run_root, plan)
+        out.append(PlannedMaterial(mat, flow, plan.fingerprint, key_jobs(flow, plan), plan))
     return out
 
 
