@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ionflow.errors import InsufficientDataError, UserInputError
+from ionflow.spec import check_temperature_k
 
 BOLTZMANN_EV_K = 8.617333262e-5
 
@@ -102,8 +103,7 @@ def fit_arrhenius(
     weighted
         False reproduces pymatgen's unweighted ``fit_arrhenius``.
     """
-    if not at_temperature_k > 0:
-        raise UserInputError(f"temperature must be > 0 K, got {at_temperature_k}")
+    check_temperature_k(at_temperature_k)
     n_all = len(temperatures_k)
     errs = list(errors_cm2_s) if errors_cm2_s is not None else [None] * n_all
     labels = list(labels) if labels is not None else [_temp_label(t) for t in temperatures_k]
@@ -111,8 +111,7 @@ def fit_arrhenius(
         raise UserInputError("temperatures, diffusivities and errors must have the same length")
     temps, ds, es, excluded = [], [], [], []
     for t, d, e, lab in zip(temperatures_k, diffusivities_cm2_s, errs, labels, strict=True):
-        if t is None or not t > 0:
-            raise UserInputError(f"{lab}: temperature must be > 0 K, got {t}")
+        check_temperature_k(t, f"{lab}: temperature")
         if d is None or not d > 0 or not math.isfinite(d):
             excluded.append(f"{lab}: no diffusivity (caged or insufficient run)")
             continue

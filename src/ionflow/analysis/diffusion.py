@@ -115,6 +115,7 @@ from ionflow.analysis.stream import (
     select_atoms,  # noqa: F401  (re-exported: its home was here)
 )
 from ionflow.errors import InsufficientDataError, UserInputError
+from ionflow.spec import check_temperature_k
 
 A2_PER_PS_TO_CM2_PER_S = 1e-4
 ELEMENTARY_CHARGE_C = 1.602176634e-19
@@ -551,8 +552,7 @@ def analyze_displacements(
     progress: Callable[[int], None] | None = None,
 ) -> DiffusionAnalysis:
     """Diffusion analysis of drift-corrected displacements (see module docstring)."""
-    if temperature_k is None or not temperature_k > 0:
-        raise UserInputError(f"temperature must be > 0 K, got {temperature_k}")
+    check_temperature_k(temperature_k)
     if not (min_hops >= 0 and math.isfinite(min_hops)):
         raise UserInputError(f"min_hops must be a finite number ≥ 0, got {min_hops}")
     n, n_ions = disp.n_frames, disp.n_mobile

@@ -39,6 +39,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ionflow.errors import InsufficientDataError, UserInputError
+from ionflow.spec import check_temperature_k
 
 #: name → analysis class (see :func:`register`).
 ANALYSES: dict[str, type[StreamedAnalysis]] = {}
@@ -425,8 +426,8 @@ def analyze_trajectory(
         temperature_k = info.temperature_k
     if temperature_k is None and require_temperature:
         raise UserInputError(f"{label}: the file does not give the temperature; pass it")
-    if temperature_k is not None and not temperature_k > 0:
-        raise UserInputError(f"temperature must be > 0 K, got {temperature_k}")
+    if temperature_k is not None:
+        check_temperature_k(temperature_k)
     if frame_interval_fs is None:
         frame_interval_fs = info.frame_interval_fs
     if frame_interval_fs is None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ionflow.errors import UserInputError, printable
+from ionflow.spec import temperature_problem
 
 TEMPERATURE, DIFFUSIVITY, ERROR = "temperature_k", "diffusivity_cm2_s", "diffusivity_err_cm2_s"
 
@@ -308,7 +309,7 @@ def read_diffusivity_table(path: str | Path) -> DiffusivityTable:
                 raise UserInputError(
                     f"{at}, {col}: value {quoted(cell)} is not a number{hint}"
                 ) from None
-            if quantity == TEMPERATURE and not (math.isfinite(v) and v > 0):
+            if quantity == TEMPERATURE and temperature_problem(v):
                 raise UserInputError(
                     f"{at}, {col}: temperature {cell} must be a finite number > 0 K (kelvin)"
                 )

@@ -71,8 +71,10 @@ def trajectory_args(
 ) -> float | None:
     """Check the trajectory options every trajectory command shares; the frame interval
     (fs) they give, or None to take it from the file."""
-    if temperature_k is not None and not temperature_k > 0:
-        raise UserInputError(f"--temperature-k must be > 0, got {temperature_k}")
+    from ionflow.spec import check_temperature_k
+
+    if temperature_k is not None:
+        check_temperature_k(temperature_k, "--temperature-k")
     if time_step_fs is not None and not time_step_fs > 0:
         raise UserInputError(f"--time-step-fs must be > 0, got {time_step_fs}")
     if step_skip < 1:
@@ -489,6 +491,7 @@ def arrhenius_cmd(
     """Activation energy and σ at any temperature, with intervals, from several analyses
     or from a table of D(T)."""
     from ionflow.analysis import fit_arrhenius_from_analyses
+    from ionflow.spec import check_temperature_k
 
     if analyses and table is not None:
         raise UserInputError("give either `ionflow analyze --json` files or --table FILE, not both")
@@ -496,8 +499,7 @@ def arrhenius_cmd(
         raise UserInputError(
             "nothing to fit: give `ionflow analyze --json` files, or --table FILE (T, D[, D_err])"
         )
-    if not (math.isfinite(at_temperature_k) and at_temperature_k > 0):
-        raise UserInputError(f"--at-temperature-k must be > 0, got {at_temperature_k:g}")
+    check_temperature_k(at_temperature_k, "--at-temperature-k")
     table_block = None
     if table is not None:
         fit, table_block = _arrhenius_table(

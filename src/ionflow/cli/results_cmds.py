@@ -360,12 +360,13 @@ def export_trajectory_cmd(
 ) -> None:
     """Convert one MD run's stored trajectory to extended XYZ (streamed frame by frame)."""
     from ionflow import results
+    from ionflow.plan import run_label
 
     if variant not in ("free", "pinned"):
         raise UserInputError(f"--variant must be free or pinned; got {printable(variant, 40)!r}")
     if every < 1:
         raise UserInputError(f"--every must be ≥ 1, got {every}")
-    _out_file(out, "the extended XYZ trajectory", f"{material}_{temperature_k:g}K.extxyz")
+    _out_file(out, "the extended XYZ trajectory", f"{material}_{run_label(temperature_k)}.extxyz")
     if uri is not None:
         check_mongo_uri(uri, _URI_KEY)
     db = results.open_database(data_dir, uri, launchpad)
