@@ -178,25 +178,15 @@ def test_vasp_job_keys_are_pinned(tmp_path, monkeypatch):
 
 # ----------------------------------------------- validate counts what submit creates
 
-#: The VASP campaign of tests/test_vasp.py's end-to-end test (two segments per run).
-VASP_STANDIN_YAML = """
-campaign: vasp-standin
-mobile_species: Li
-engine: {{relax: vasp, md: vasp}}
-md:
-  temperatures_k: [600, 900]
-  time_step_fs: 2.0
-  equilibration_ps: 0.01
-  production_ps: 0.06
-  frame_interval_fs: 4.0
-  supercell_min_length_a: 5.0
-  pinned_control: {{species: [N]}}
-  segment_steps: 20
-vasp:
-  incar: {{RELAX: {{NSW: 60}}}}
-materials:
-  - {{name: Li3N, structure: {structure}}}
-"""
+
+def _test_module(name: str):
+    """A test module of this directory, loaded by path (for the campaigns its tests run)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_plan_{name}", REPO / "tests" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _campaign_files() -> list[Path]:
@@ -214,15 +204,18 @@ def _campaign_files() -> list[Path]:
 
 
 def _variants(tmp: Path) -> dict[str, tuple[Path, dict]]:
-    """Campaigns the repository's tests run (ML and VASP), and variants of them that plan
-    other job shapes: no relaxation, VASP segments sized from the walltime environment."""
+    """Campaigns the repository's tests run (ML: tests/test_campaign.py; VASP: the
+    end-to-end campaign of tests/test_vasp.py), and variants that plan other job shapes: no
+    relaxation, VASP segments sized from the walltime environment."""
     ref = (REPO / "tests" / "vasp_reference" / "campaign.yaml").read_text()
     ref = ref.replace("../../examples/", f"{REPO / 'examples'}/")
-    toy = _toy(tmp).read_text()
+    (tmp / "toy").mkdir()
+    toy = _test_module("test_campaign")._spec(tmp / "toy").read_text()
+    standin = _test_module("test_vasp").E2E_SPEC.format(structure=REPO / "examples" / "Li3N.cif")
     texts = {
         "toy": (toy, {}),
         "toy, relax none": (toy.replace("{relax: toy, md: toy}", "{relax: none, md: toy}"), {}),
-        "vasp-standin": (VASP_STANDIN_YAML.format(structure=REPO / "examples" / "Li3N.cif"), {}),
+        "vasp-standin": (standin, {}),
         "vasp reference, MD only": (
             ref.replace("{relax: vasp, md: vasp}", "{relax: none, md: vasp}"),
             {},
@@ -296,3 +289,4 @@ def test_validate_counts_equal_submitted_jobs(tmp_path, monkeypatch, capsys):
     assert seen["vasp reference, MD only"] == 16
     assert seen["workflows.yaml"] == 27
     assert seen["toy"] == 21 and seen["toy, relax none"] == 19
+    assert seen["vasp-standin"] == 1 + 1 + 2 * 2 * 5 + 4 + 2 + 1  # 2 T × free/pinned, 2 segments
