@@ -290,3 +290,36 @@ def test_validate_counts_equal_submitted_jobs(tmp_path, monkeypatch, capsys):
     assert seen["workflows.yaml"] == 27
     assert seen["toy"] == 21 and seen["toy, relax none"] == 19
     assert seen["vasp-standin"] == 1 + 1 + 2 * 2 * 5 + 4 + 2 + 1  # 2 T × free/pinned, 2 segments
+
+
+def test_validate_refuses_a_plan_of_too_many_segments(tmp_path, monkeypatch, capsys):
+    """A VASP run cut into more segments than ionflow.vasp.MAX_MD_SEGMENTS is one line at
+    validate time (exit 2, quick), from md.segment_steps or from the walltime environment."""
+    import time
+
+    from ionflow.cli import main
+    from ionflow.vasp import MAX_MD_SEGMENTS
+
+    ref = (REPO / "tests" / "vasp_reference" / "campaign.yaml").read_text()
+    ref = ref.replace("../../examples/", f"{REPO / 'examples'}/")
+    monkeypatch.delenv("IONFLOW_VASP_WALLTIME_S", raising=False)
+    cases = {
+        "  segment_steps: 1\n": ({}, "md.segment_steps: 1 steps per segment"),
+        "": (
+            {"IONFLOW_VASP_WALLTIME_S": "301", "IONFLOW_VASP_SECONDS_PER_STEP": "0.01"},
+            "IONFLOW_VASP_WALLTIME_S",
+        ),
+    }
+    for steps, (env, fragment) in cases.items():
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        path = tmp_path / "campaign.yaml"
+        path.write_text(ref.replace("  segment_steps: 35000\n", steps).replace("60.0", "100000.0"))
+        t0 = time.monotonic()
+        with pytest.raises(SystemExit) as exc:
+            main(["validate", str(path)])
+        assert exc.value.code == 2 and time.monotonic() - t0 < 20
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0, err
+        assert "material Li6PS5Cl" in err and fragment in err, err
+        assert f"at most {MAX_MD_SEGMENTS}" in err, err

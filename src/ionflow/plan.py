@@ -30,6 +30,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from ionflow.errors import UserInputError
+
 if TYPE_CHECKING:
     from ionflow.spec import CampaignSpec, MDSpec, ResolvedMaterial
 
@@ -324,12 +326,18 @@ def plan_material(spec: CampaignSpec, mat: ResolvedMaterial) -> MaterialPlan:
     Raises
     ------
     ionflow.errors.UserInputError
-        VASP MD segments that cannot be planned (a walltime too short for one step).
+        VASP MD segments that cannot be planned (a walltime too short for one step, more
+        than :data:`ionflow.vasp.MAX_MD_SEGMENTS` segments per run).
     """
     name, eng = mat.name, spec.engine
     runs = plan_runs(mat.md.temperatures_k, mat.has_pinned_control)
     keys = _stage_keys(spec, mat, runs)
-    segments = vasp_md_segments(mat.md) if eng.md == "vasp" else None
+    segments = None
+    if eng.md == "vasp":
+        try:
+            segments = vasp_md_segments(mat.md)
+        except UserInputError as exc:
+            raise UserInputError(f"material {mat.name}: {exc}") from None
     jobs: list[PlannedJob] = []
     if eng.relax != "none":
         jobs.append(PlannedJob("relax", job_name("relax", name), ("relax",), keys["relax",]))

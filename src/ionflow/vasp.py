@@ -332,6 +332,10 @@ def md_incar(
 # ---------------------------------------------------------------------- segments
 
 
+#: Most planned segments of one VASP MD run (each is a job of the campaign's workflow).
+MAX_MD_SEGMENTS = 1000
+
+
 @dataclass(frozen=True)
 class MDSegmentPlan:
     """How an MD run of ``total_steps`` is cut into restartable VASP runs."""
@@ -403,6 +407,18 @@ def plan_md_segments(
     if size is not None and size < 1:
         raise UserInputError(f"md.segment_steps must be ≥ 1, got {size}")
     step = size or total
+    n_segments = -(-total // step)
+    if n_segments > MAX_MD_SEGMENTS:
+        source = (
+            f"md.segment_steps: {size}"
+            if segment_steps is not None
+            else f"a walltime of {walltime_s:g} s at {seconds_per_step:g} s per step "
+            f"(IONFLOW_VASP_WALLTIME_S, IONFLOW_VASP_SECONDS_PER_STEP) gives {size}"
+        )
+        raise UserInputError(
+            f"{source} steps per segment cut the {total}-step MD run into {n_segments} "
+            f"segments, one job each; at most {MAX_MD_SEGMENTS}: use longer segments"
+        )
     segments = tuple(min(step, total - start) for start in range(0, total, step))
     return MDSegmentPlan(
         time_step_fs=float(time_step_fs),
