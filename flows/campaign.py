@@ -49,8 +49,10 @@ class MaterialCampaignMaker(Maker):
 
     Every job carries ``metadata.ionflow_stage`` (relax, supercell, md, analysis,
     arrhenius, summary); MD, analysis and Arrhenius jobs also ``ionflow_variant`` and MD
-    and analysis jobs ``ionflow_temperature_k``. :mod:`ionflow.campaign` keys each job by
-    these to reuse what an earlier submission already has.
+    and analysis jobs ``ionflow_temperature_k`` (read back by results and reports). Jobs
+    are named as the plan names them (:func:`ionflow.plan.job_name`); their reuse keys come
+    from the plan, matched job by job (:func:`ionflow.campaign.key_jobs`), not from this
+    metadata.
     """
 
     name: str = "ionflow campaign"
