@@ -24,6 +24,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # imported for their side effect of adding commands to `app`
+    import ionflow.cli.anion_cmds  # noqa: F401
     import ionflow.cli.campaign_cmds  # noqa: F401
     import ionflow.cli.db_cmds  # noqa: F401
     import ionflow.cli.hpc_cmds  # noqa: F401
