@@ -9,6 +9,7 @@ Registration: importing an analysis module registers its class; the imports belo
 the registry's table of contents.
 """
 
+from ionflow.analysis import density, jumps  # noqa: F401  (registers "density", "jumps")
 from ionflow.analysis import framework_msd  # noqa: F401  (registers "framework-msd")
 from ionflow.analysis import rotation  # noqa: F401  (registers "rotation")
 from ionflow.analysis.arrhenius import ArrheniusFit, fit_arrhenius, fit_arrhenius_from_analyses

@@ -28,6 +28,7 @@ def _register() -> None:
     import ionflow.cli.campaign_cmds  # noqa: F401
     import ionflow.cli.db_cmds  # noqa: F401
     import ionflow.cli.hpc_cmds  # noqa: F401
+    import ionflow.cli.pathway_cmds  # noqa: F401
     import ionflow.cli.results_cmds  # noqa: F401
     import ionflow.cli.vasp_cmds  # noqa: F401
     from ionflow.cli import analysis_cmds, run_cmds  # noqa: F401
