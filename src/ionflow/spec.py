@@ -70,6 +70,7 @@ from pydantic_core import PydanticCustomError
 
 from ionflow.engines import MD_ENGINES, RELAX_ENGINES
 from ionflow.errors import MAX_MESSAGE_LINE, UserInputError, printable
+from ionflow.rules import check_temperature_k, temperature_problem  # noqa: F401
 from ionflow.uris import redact_uri, uri_problem
 
 __all__ = [
@@ -425,29 +426,6 @@ def _check_time_step(value: float) -> float:
             )
         raise _fail(f"must be > 0 and ≤ {_fmt_num(MAX_TIME_STEP_FS)} fs, got {value!r}")
     return value
-
-
-def temperature_problem(value: Any) -> str | None:
-    """The temperature rule, its one home: a temperature is a finite number of kelvin > 0.
-
-    ``"must be > 0 K"`` when ``value`` breaks it, else None. Campaign files
-    (``md.temperatures_k``), the trajectory analyses, tables of D(T) and the Arrhenius fit
-    all check it here.
-    """
-    try:
-        ok = math.isfinite(value) and value > 0
-    except TypeError:
-        ok = False
-    return None if ok else "must be > 0 K"
-
-
-def check_temperature_k(value: Any, what: str = "temperature") -> float:
-    """``value`` as a float when it obeys :func:`temperature_problem`; else
-    ``UserInputError("<what> must be > 0 K, got <value>")`` (one line)."""
-    problem = temperature_problem(value)
-    if problem:
-        raise UserInputError(f"{what} {problem}, got {value}")
-    return float(value)
 
 
 def _check_temperatures(values: list[float]) -> list[float]:

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ionflow.errors import InsufficientDataError, UserInputError
-from ionflow.spec import check_temperature_k
+from ionflow.rules import check_temperature_k
 
 BOLTZMANN_EV_K = 8.617333262e-5
 

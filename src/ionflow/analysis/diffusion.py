@@ -115,7 +115,7 @@ from ionflow.analysis.stream import (
     select_atoms,  # noqa: F401  (re-exported: its home was here)
 )
 from ionflow.errors import InsufficientDataError, UserInputError
-from ionflow.spec import check_temperature_k
+from ionflow.rules import check_temperature_k
 
 A2_PER_PS_TO_CM2_PER_S = 1e-4
 ELEMENTARY_CHARGE_C = 1.602176634e-19

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ionflow.errors import UserInputError, printable
-from ionflow.spec import temperature_problem
+from ionflow.rules import temperature_problem
 
 TEMPERATURE, DIFFUSIVITY, ERROR = "temperature_k", "diffusivity_cm2_s", "diffusivity_err_cm2_s"
 

@@ -71,7 +71,7 @@ def trajectory_args(
 ) -> float | None:
     """Check the trajectory options every trajectory command shares; the frame interval
     (fs) they give, or None to take it from the file."""
-    from ionflow.spec import check_temperature_k
+    from ionflow.rules import check_temperature_k
 
     if temperature_k is not None:
         check_temperature_k(temperature_k, "--temperature-k")
@@ -491,7 +491,7 @@ def arrhenius_cmd(
     """Activation energy and σ at any temperature, with intervals, from several analyses
     or from a table of D(T)."""
     from ionflow.analysis import fit_arrhenius_from_analyses
-    from ionflow.spec import check_temperature_k
+    from ionflow.rules import check_temperature_k
 
     if analyses and table is not None:
         raise UserInputError("give either `ionflow analyze --json` files or --table FILE, not both")
