@@ -39,6 +39,7 @@ class SupercellMaker(Maker):
     @job
     def make(self, structure):
         """Output: a :class:`~ionflow.outputs.SupercellOutput` document."""
+        from ionflow.errors import UserInputError
         from ionflow.outputs import SupercellOutput
         from ionflow.structure import classify_anions, make_supercell, pinned_indices
 
@@ -59,8 +60,15 @@ class SupercellMaker(Maker):
                     f"pinned the {len(pinned)} planned sites; a fresh classification of the "
                     f"relaxed supercell would pin {len(fresh)} ({anions.summary()})"
                 )
+        try:  # isolated-anion descriptors of the (relaxed) input cell: seed 003's factors
+            from ionflow.analysis.anions import describe_anions
+
+            descriptors = describe_anions(structure, self.mobile_species).model_dump(mode="json")
+        except UserInputError as exc:  # no anions, or nothing to say: not a failure
+            descriptors, notes = None, [*notes, f"no anion descriptors: {exc}"]
         return SupercellOutput(
             structure=sc,
+            anion_descriptors=descriptors,
             matrix=[[int(x) for x in row] for row in matrix],
             n_atoms=len(sc),
             pinned_indices=[int(i) for i in pinned],

@@ -362,6 +362,12 @@ def test_extra_analysis_runs_in_the_same_pass_and_reaches_the_report(project):
     lag = len(frames) // 2
     msd = np.mean(np.sum((disp[lag:] - disp[:-lag]) ** 2, axis=2))
     assert fw.species[0].msd_half_run_a2 == pytest.approx(msd, rel=1e-4)
+    # the supercell stage describes the isolated anions (Li3N: N on 1b, -6m2/6/mmm, alone)
+    with db.client() as client:
+        sc = client[db.database]["outputs"].find_one({"name": {"$regex": "^supercell"}})
+    desc = sc["output"]["anion_descriptors"]
+    assert desc["isolated_fraction"] == 1.0 and desc["groups"] == {}
+    assert [a["element"] for a in desc["anions"]] == ["N"]
     out = project / "report"
     rep = _run(["report", "--out", str(out)], cwd=project)
     assert rep.returncode == 0, rep.stderr

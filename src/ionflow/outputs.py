@@ -42,6 +42,11 @@ class SupercellOutput(_Output):
         description="Anion classification (ionflow.structure.AnionClassification dump)",
     )
     anion_summary: str = Field("", description="One line: bonded/isolated anions, groups")
+    anion_descriptors: dict[str, Any] | None = Field(
+        None,
+        description="Isolated-anion descriptors of the input cell "
+        "(ionflow.analysis.anions.AnionReport dump: site symmetry, spacing, Ewald energies)",
+    )
     notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
 
     @property
