@@ -11,6 +11,13 @@ yields ``(positions, lattices)`` blocks of at most ``chunk_frames`` frames:
 * ``lattices``: ``(k, 3, 3)`` float64, lattice vectors as rows, Å (the same matrix
   repeated for a fixed cell).
 
+Velocities (optional): ``info.has_velocities`` says whether the file stores them, and
+``iter_chunks(..., velocities=True)`` then yields ``(positions, lattices, velocities)``
+with the same chunking (``velocities``: ``(k, n_atoms, 3)`` float64, Å/fs). Read are the
+``.npz`` key ``velocities`` (Å/fs), extxyz ``momenta`` or ``velocities`` per-atom arrays
+and ASE ``.traj`` momenta (ASE units, converted: velocity × ``ase.units.fs``, momentum /
+mass × ``ase.units.fs``); the other formats store none.
+
 A source can be iterated any number of times; each pass re-opens the file. Memory
 is bounded by the chunk size, except for the two whole-file JSON formats (pymatgen
 ``Trajectory`` and ``DiffusionAnalyzer``), which are parsed once when opened and kept
@@ -197,6 +204,8 @@ class TrajectoryInfo:
         does not carry constraints.
     metadata
         Format-specific extras (e.g. ``min_obs`` of a DiffusionAnalyzer, VASP tags).
+    has_velocities
+        The file stores every frame's velocities (``iter_chunks(velocities=True)``).
     """
 
     path: str
@@ -209,6 +218,7 @@ class TrajectoryInfo:
     constant_lattice: bool
     fixed_atoms: np.ndarray | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    has_velocities: bool = False
 
     @property
     def n_atoms(self) -> int:
@@ -222,6 +232,8 @@ class TrajectorySource:
     Subclasses set :attr:`info` and implement :meth:`_iter_blocks`, which may yield
     blocks of any size; :meth:`iter_chunks` re-blocks them to exactly
     ``chunk_frames`` (the last chunk may be shorter), checks shapes and the total.
+    Sources that can set ``info.has_velocities`` also implement
+    :meth:`_iter_velocity_blocks` (``(positions, lattices, velocities)`` blocks).
     """
 
     info: TrajectoryInfo
@@ -230,7 +242,9 @@ class TrajectorySource:
         self,
         chunk_frames: int = 4096,
         progress: Callable[[int], None] | None = None,
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        *,
+        velocities: bool = False,
+    ) -> Iterator[tuple[np.ndarray, ...]]:
         """Yield ``(positions, lattices)`` chunks covering every frame once, in order.
 
         Parameters
@@ -239,6 +253,9 @@ class TrajectorySource:
             Frames per chunk (the last chunk may be shorter).
         progress
             Called with the number of frames of each chunk, just before it is yielded.
+        velocities
+            Also yield each chunk's velocities, ``(positions, lattices, velocities)``
+            (only when ``info.has_velocities``; otherwise a :class:`UserInputError`).
 
         Yields
         ------
@@ -246,6 +263,8 @@ class TrajectorySource:
             ``(k, n_atoms, 3)`` float64 Cartesian Å.
         lattices : np.ndarray
             ``(k, 3, 3)`` float64 lattice rows, Å.
+        velocities : np.ndarray
+            With ``velocities=True``: ``(k, n_atoms, 3)`` float64, Å/fs.
         """
         if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int | np.integer):
             raise UserInputError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
@@ -256,18 +275,32 @@ class TrajectorySource:
         n_total = info.n_frames
         n_atoms = info.n_atoms
         done = 0
-        blocks = _rechunk(self._iter_blocks(chunk_frames), chunk_frames)
+        if velocities and not info.has_velocities:
+            raise UserInputError(f"{info.path}: the file stores no velocities")
+        raw = (
+            self._iter_velocity_blocks(chunk_frames)
+            if velocities
+            else self._iter_blocks(chunk_frames)
+        )
+        blocks = _rechunk(raw, chunk_frames)
         with contextlib.closing(blocks):
-            for positions, lattices in blocks:
+            for block in blocks:
+                positions, lattices = block[0], block[1]
                 k = positions.shape[0]
                 if positions.shape[1:] != (n_atoms, 3) or lattices.shape != (k, 3, 3):
                     raise UserInputError(
                         f"{info.path}: frame {done} has shape {positions.shape[1:]}, "
                         f"expected ({n_atoms}, 3)"
                     )
+                if velocities and block[2].shape != positions.shape:
+                    raise UserInputError(
+                        f"{info.path}: velocities of frame {done} have shape "
+                        f"{block[2].shape[1:]}, expected ({n_atoms}, 3)"
+                    )
                 if done + k > n_total:
                     k = n_total - done
-                    positions, lattices = positions[:k], lattices[:k]
+                    block = tuple(a[:k] for a in block)
+                    positions, lattices = block[0], block[1]
                 if k == 0:
                     break
                 if not (np.isfinite(positions).all() and np.isfinite(lattices).all()):
@@ -275,10 +308,14 @@ class TrajectorySource:
                         f"{info.path}: non-finite coordinates or cell in frames "
                         f"{done}-{done + k - 1} (overflow '****' or NaN in the file?)"
                     )
+                if velocities and not np.isfinite(block[2]).all():
+                    raise UserInputError(
+                        f"{info.path}: non-finite velocities in frames {done}-{done + k - 1}"
+                    )
                 done += k
                 if progress is not None:
                     progress(k)
-                yield positions, lattices
+                yield (positions, lattices, block[2]) if velocities else (positions, lattices)
                 if done >= n_total:
                     break
         if done < n_total:
@@ -300,6 +337,11 @@ class TrajectorySource:
 
     def _iter_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         raise NotImplementedError
+
+    def _iter_velocity_blocks(
+        self, chunk_frames: int
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        raise NotImplementedError  # pragma: no cover - only sources with velocities
 
     def __repr__(self) -> str:
         i = self.info
@@ -324,54 +366,55 @@ def _exc_text(exc: BaseException) -> str:
 
 
 def _rechunk(
-    blocks: Iterator[tuple[np.ndarray, np.ndarray]], chunk: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Re-block a stream of ``(positions, lattices)`` blocks to exactly ``chunk`` frames."""
-    pend_p: list[np.ndarray] = []
-    pend_l: list[np.ndarray] = []
+    blocks: Iterator[tuple[np.ndarray, ...]], chunk: int
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Re-block a stream of ``(positions, lattices[, velocities])`` blocks (arrays sharing
+    the leading frame axis) to exactly ``chunk`` frames."""
+    pend: list[tuple[np.ndarray, ...]] = []
     n = 0
+
+    def joined() -> tuple[np.ndarray, ...]:
+        return tuple(np.concatenate(c) if len(pend) > 1 else c[0] for c in zip(*pend, strict=True))
+
     with contextlib.closing(blocks) if hasattr(blocks, "close") else contextlib.nullcontext():
-        for p, m in blocks:
-            if len(p) == 0:
+        for block in blocks:
+            k = len(block[0])
+            if k == 0:
                 continue
-            if n == 0 and len(p) == chunk:
-                yield p, m
+            if n == 0 and k == chunk:
+                yield tuple(block)
                 continue
-            pend_p.append(p)
-            pend_l.append(m)
-            n += len(p)
+            pend.append(tuple(block))
+            n += k
             while n >= chunk:
-                p_all = np.concatenate(pend_p) if len(pend_p) > 1 else pend_p[0]
-                l_all = np.concatenate(pend_l) if len(pend_l) > 1 else pend_l[0]
-                yield p_all[:chunk], l_all[:chunk]
+                parts = joined()
+                yield tuple(a[:chunk] for a in parts)
                 rest = n - chunk
-                pend_p = [p_all[chunk:]] if rest else []
-                pend_l = [l_all[chunk:]] if rest else []
+                pend = [tuple(a[chunk:] for a in parts)] if rest else []
                 n = rest
     if n:
-        p_all = np.concatenate(pend_p) if len(pend_p) > 1 else pend_p[0]
-        l_all = np.concatenate(pend_l) if len(pend_l) > 1 else pend_l[0]
-        yield p_all, l_all
+        yield joined()
 
 
 def _batch_frames(
-    frames: Iterable[tuple[np.ndarray, np.ndarray]], n_atoms: int, chunk: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Pack single frames ``(positions (N, 3), lattice (3, 3))`` into blocks."""
-    pos = np.empty((chunk, n_atoms, 3))
-    lat = np.empty((chunk, 3, 3))
+    frames: Iterable[tuple[np.ndarray, ...]], n_atoms: int, chunk: int
+) -> Iterator[tuple[np.ndarray, ...]]:
+    """Pack single frames ``(positions (N, 3), lattice (3, 3)[, velocities (N, 3)])`` into
+    blocks."""
+    shapes = ((n_atoms, 3), (3, 3), (n_atoms, 3))
+    bufs: list[np.ndarray] = []
     k = 0
-    for p, m in frames:
-        pos[k] = p
-        lat[k] = m
+    for frame in frames:
+        if k == 0:
+            bufs = [np.empty((chunk, *shape)) for shape in shapes[: len(frame)]]
+        for buf, a in zip(bufs, frame, strict=True):
+            buf[k] = a
         k += 1
         if k == chunk:
-            yield pos, lat
-            pos = np.empty((chunk, n_atoms, 3))
-            lat = np.empty((chunk, 3, 3))
+            yield tuple(bufs)
             k = 0
     if k:
-        yield pos[:k], lat[:k]
+        yield tuple(b[:k] for b in bufs)
 
 
 def _check_file(path: PathLike) -> Path:
@@ -515,6 +558,7 @@ class ExtxyzSource(TrajectorySource):
             ) from None
         lattice = _lattice_ok(atoms.cell.array, self.path, " (Lattice= key)")
         self._numbers = atoms.numbers.copy()
+        self._velocity_key = next((k for k in ("momenta", "velocities") if k in atoms.arrays), None)
         info = dict(atoms.info)
         interval = _float_or_none(info.get("frame_interval_fs", info.get("time_step_fs")))
         self.info = TrajectoryInfo(
@@ -530,7 +574,9 @@ class ExtxyzSource(TrajectorySource):
             metadata={
                 "info_keys": sorted(str(k) for k in info),
                 "truncated_last_frame": truncated,
+                "velocities_from": self._velocity_key,
             },
+            has_velocities=self._velocity_key is not None,
         )
         if len(atoms) != n_atoms:  # pragma: no cover - scan and ase disagree
             raise _err(self.path, f"atom count {len(atoms)} differs from header {n_atoms}")
@@ -609,7 +655,7 @@ class ExtxyzSource(TrajectorySource):
             raise _err(self.path, f"cannot read ({_exc_text(exc)})") from None
         return n_frames, max(n_atoms, 0), constant, truncated
 
-    def _frames(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _frames(self, velocities: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
         import ase.io
 
         n = self.info.n_frames
@@ -620,7 +666,14 @@ class ExtxyzSource(TrajectorySource):
                     atoms.numbers, self._numbers
                 ):
                     raise _err(self.path, f"frame {i}: species differ from frame 0")
-                yield atoms.positions, _lattice_ok(atoms.cell.array, self.path, f" of frame {i}")
+                lat = _lattice_ok(atoms.cell.array, self.path, f" of frame {i}")
+                if not velocities:
+                    yield atoms.positions, lat
+                    continue
+                key = self._velocity_key
+                if key not in atoms.arrays:
+                    raise _err(self.path, f"frame {i} has no '{key}' (frame 0 has)")
+                yield atoms.positions, lat, _ase_velocities_a_fs(atoms, key)
         except UserInputError:
             raise
         except Exception as exc:
@@ -628,6 +681,19 @@ class ExtxyzSource(TrajectorySource):
 
     def _iter_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return _batch_frames(self._frames(), self.info.n_atoms, chunk_frames)
+
+    def _iter_velocity_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, ...]]:
+        return _batch_frames(self._frames(velocities=True), self.info.n_atoms, chunk_frames)
+
+
+def _ase_velocities_a_fs(atoms: Any, key: str) -> np.ndarray:
+    """Velocities in Å/fs from an Atoms' ``momenta`` or ``velocities`` array (ASE units)."""
+    from ase import units
+
+    arr = np.asarray(atoms.arrays[key], dtype=np.float64)
+    if key == "momenta":
+        arr = arr / atoms.get_masses()[:, None]
+    return arr * units.fs
 
 
 # --------------------------------------------------------------------------- ASE .traj
@@ -661,6 +727,8 @@ class AseTrajSource(TrajectorySource):
             except Exception as exc:
                 raise _err(self.path, f"cannot read frame 0 ({_exc_text(exc)})") from None
             self._numbers = np.asarray(atoms.numbers).copy()
+            self._masses = np.asarray(atoms.get_masses(), dtype=np.float64)
+            has_v = "momenta" in reader.backend[0]
             lattice = _lattice_ok(atoms.cell.array, self.path, " of frame 0")
             constant = True
             for i in range(1, n):
@@ -688,6 +756,7 @@ class AseTrajSource(TrajectorySource):
             constant_lattice=constant,
             fixed_atoms=_fixed_from_ase(atoms),
             metadata={"description": description, "truncated_last_frame": truncated},
+            has_velocities=has_v,
         )
 
     def _open(self) -> Any:
@@ -708,7 +777,9 @@ class AseTrajSource(TrajectorySource):
             raise ValueError(f"bad shapes {pos.shape} / {cell.shape}")
         return pos, cell, numbers
 
-    def _frames(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _frames(self, velocities: bool = False) -> Iterator[tuple[np.ndarray, ...]]:
+        from ase import units
+
         reader = self._open()
         try:
             for i in range(self.info.n_frames):
@@ -724,12 +795,23 @@ class AseTrajSource(TrajectorySource):
                         f"frame {i} has {len(pos)} atoms / different species than frame 0 "
                         f"({len(self._numbers)} atoms)",
                     )
-                yield pos, _lattice_ok(cell, self.path, f" of frame {i}")
+                lat = _lattice_ok(cell, self.path, f" of frame {i}")
+                if not velocities:
+                    yield pos, lat
+                    continue
+                b = reader.backend[i]
+                if "momenta" not in b:
+                    raise _err(self.path, f"frame {i} has no momenta (frame 0 has)")
+                momenta = np.asarray(b.momenta, dtype=np.float64)
+                yield pos, lat, momenta / self._masses[:, None] * units.fs  # → Å/fs
         finally:
             reader.close()
 
     def _iter_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return _batch_frames(self._frames(), self.info.n_atoms, chunk_frames)
+
+    def _iter_velocity_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, ...]]:
+        return _batch_frames(self._frames(velocities=True), self.info.n_atoms, chunk_frames)
 
 
 # --------------------------------------------------------------------------- XDATCAR
@@ -1575,6 +1657,15 @@ class NpzSource(TrajectorySource):
                 raise _err(self.path, "contains zero frames ('positions' is empty)")
             if n_atoms == 0:
                 raise _err(self.path, "'positions' has zero atoms")
+            has_v = "velocities" in members
+            if has_v:
+                with self._open_member(zf, "velocities") as fp:
+                    vshape, _ = _npy_header(fp, f"{label}[velocities]")
+                if vshape != pshape:
+                    raise _err(
+                        self.path,
+                        f"'velocities' has shape {vshape}, expected {pshape} like 'positions' (Å/fs)",
+                    )
             small = self._load_small(
                 zf,
                 members,
@@ -1654,6 +1745,7 @@ class NpzSource(TrajectorySource):
             constant_lattice=constant,
             fixed_atoms=fixed,
             metadata={"keys": sorted(members), "positions_dtype": str(pdtype)},
+            has_velocities=has_v,
         )
 
     def _open_member(self, zf: zipfile.ZipFile, key: str) -> IO[bytes]:
@@ -1697,26 +1789,44 @@ class NpzSource(TrajectorySource):
         return value
 
     def _iter_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self._blocks(chunk_frames, velocities=False)
+
+    def _iter_velocity_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, ...]]:
+        return self._blocks(chunk_frames, velocities=True)
+
+    def _blocks(self, chunk_frames: int, velocities: bool) -> Iterator[tuple[np.ndarray, ...]]:
         label = str(self.path)
         try:
             zf = zipfile.ZipFile(self.path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise _err(self.path, f"not a readable .npz archive ({_exc_text(exc)})") from None
-        with zf, self._open_member(zf, "positions") as fp:
+        with zf, contextlib.ExitStack() as stack:
+            fp = stack.enter_context(self._open_member(zf, "positions"))
             pshape, pdtype = _npy_header(fp, f"{label}[positions]")
             if pshape != self._pshape:
                 raise _err(self.path, "'positions' changed on disk while reading")
-            rows = _iter_npy_rows(fp, pshape, pdtype, chunk_frames, f"{label}[positions]")
-            if not self._per_frame:
-                lat0 = self.info.lattice
-                for pos in rows:
-                    yield pos, np.repeat(lat0[None], len(pos), axis=0)
-                return
-            with self._open_member(zf, "lattice") as lfp:
+            streams: list[Iterator[np.ndarray]] = [
+                _iter_npy_rows(fp, pshape, pdtype, chunk_frames, f"{label}[positions]")
+            ]
+            if self._per_frame:
+                lfp = stack.enter_context(self._open_member(zf, "lattice"))
                 _, ldtype = _npy_header(lfp, f"{label}[lattice]", allow_int=True)
-                lrows = _iter_npy_rows(lfp, self._lshape, ldtype, chunk_frames, f"{label}[lattice]")
-                for pos, lat in zip(rows, lrows, strict=True):
-                    yield pos, lat
+                streams.append(
+                    _iter_npy_rows(lfp, self._lshape, ldtype, chunk_frames, f"{label}[lattice]")
+                )
+            if velocities:
+                vfp = stack.enter_context(self._open_member(zf, "velocities"))
+                vshape, vdtype = _npy_header(vfp, f"{label}[velocities]")
+                if vshape != self._pshape:
+                    raise _err(self.path, "'velocities' changed on disk while reading")
+                streams.append(
+                    _iter_npy_rows(vfp, vshape, vdtype, chunk_frames, f"{label}[velocities]")
+                )
+            lat0 = self.info.lattice
+            for rows in zip(*streams, strict=True):
+                pos = rows[0]
+                lat = rows[1] if self._per_frame else np.repeat(lat0[None], len(pos), axis=0)
+                yield (pos, lat, rows[-1]) if velocities else (pos, lat)
 
 
 class NpySource(TrajectorySource):
@@ -1874,6 +1984,7 @@ class ConcatenatedSource(TrajectorySource):
             np.allclose(i.lattice, first.lattice, rtol=0, atol=1e-10) for i in infos
         )
         formats = list(dict.fromkeys(i.format for i in infos))
+        has_v = all(i.has_velocities for i in infos)
         self.info = TrajectoryInfo(
             path=", ".join(i.path for i in infos),
             format="+".join(formats),
@@ -1891,11 +2002,18 @@ class ConcatenatedSource(TrajectorySource):
                 ],
                 **{k: v for k, v in first.metadata.items() if k in ("min_obs", "specie")},
             },
+            has_velocities=has_v,
         )
 
     def _iter_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for src in self.sources:
             it = src.iter_chunks(chunk_frames)
+            with contextlib.closing(it):
+                yield from it
+
+    def _iter_velocity_blocks(self, chunk_frames: int) -> Iterator[tuple[np.ndarray, ...]]:
+        for src in self.sources:
+            it = src.iter_chunks(chunk_frames, velocities=True)
             with contextlib.closing(it):
                 yield from it
 

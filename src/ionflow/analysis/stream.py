@@ -23,6 +23,13 @@ Adding an analysis is one module with one class::
         def conclude(self) -> MyResult: ...
 
 and a line importing that module in :mod:`ionflow.analysis` (the registration).
+
+An analysis that wants velocities sets ``needs_velocities = True``: when the file stores
+them (``ctx.has_velocities``) the driver reads them in the same pass and every chunk
+carries ``chunk.velocities`` (Å/fs, aligned with ``positions``, leading frames skipped the
+same way) and ``chunk.velocity_drift`` (the drift reference's velocity, to subtract);
+otherwise ``chunk.velocities`` is None and the analysis derives what it needs from the
+displacements.
 Nothing here imports jobflow, FireWorks or a database.
 """
 
@@ -80,6 +87,7 @@ class TrajectoryContext:
     reference_label: str
     fixed_atoms: np.ndarray | None  # (n_atoms,) bool or None
     metadata: dict[str, Any]
+    has_velocities: bool = False  # chunks carry stored velocities (an analysis asked)
 
     @property
     def n_atoms(self) -> int:
@@ -100,6 +108,8 @@ class FrameChunk:
     steps: np.ndarray  # (k, n_atoms, 3) minimum-image step from the previous frame, Å
     offsets: np.ndarray  # (n_atoms, 3) unwrapped displacement at the frame before the chunk
     drift: np.ndarray  # (k, 3) displacement of the drift reference since frame 0, Å
+    velocities: np.ndarray | None = None  # (k, n_atoms, 3) stored velocities, Å/fs
+    velocity_drift: np.ndarray | None = None  # (k, 3) the drift reference's velocity, Å/fs
 
     @property
     def n_frames(self) -> int:
@@ -148,7 +158,9 @@ class Unwrapper:
         self.first_volume = float("nan")
         self.max_reference_ms = 0.0
 
-    def chunk(self, positions: np.ndarray, lattices: np.ndarray) -> FrameChunk:
+    def chunk(
+        self, positions: np.ndarray, lattices: np.ndarray, velocities: np.ndarray | None = None
+    ) -> FrameChunk:
         pos = np.asarray(positions, dtype=np.float64)
         k, n_atoms = pos.shape[0], pos.shape[1]
         if n_atoms != self.n_atoms:
@@ -189,6 +201,13 @@ class Unwrapper:
             offsets=self._all_last.copy(),
             drift=drift,
         )
+        if velocities is not None:
+            out.velocities = np.asarray(velocities, dtype=np.float64)
+            out.velocity_drift = (
+                np.tensordot(out.velocities, self._ref_w_full, axes=([1], [0]))
+                if self._has_ref
+                else np.zeros((k, 3))
+            )
         self._all_last += steps.sum(axis=0)
         self._drift_last = drift[-1]
         if self.reference_indices.size:  # framework diagnostic, sampled at chunk ends
@@ -219,6 +238,8 @@ class StreamedAnalysis(ABC):
     result_model: ClassVar[type[BaseModel]]
     #: version of the stored result schema of this kind
     schema_version: ClassVar[str] = "1"
+    #: read stored velocities when the file has them (``FrameChunk.velocities``)
+    needs_velocities: ClassVar[bool] = False
 
     def prepare(self, ctx: TrajectoryContext, unwrapper: Unwrapper) -> None:  # noqa: B027
         """Allocate before the first chunk (default: keep the context)."""
@@ -251,7 +272,7 @@ def run_stream(
     skip_frames: int = 0,
     progress: Progress | None = None,
 ) -> dict[str, BaseModel]:
-    """Drive ``analyses`` over ``chunks`` (positions, lattices) in one pass.
+    """Drive ``analyses`` over ``chunks`` (positions, lattices[, velocities]) in one pass.
 
     ``total_frames`` counts the frames ``chunks`` yields (for progress), of which the first
     ``skip_frames`` are dropped. Returns name → result, in the order given.
@@ -265,16 +286,18 @@ def run_stream(
     for a in analyses:
         a.prepare(ctx, unwrapper)
     done, to_skip = 0, skip_frames
-    for positions, lattices in chunks:
+    for positions, lattices, *rest in chunks:
+        velocities = rest[0] if rest else None
         k = positions.shape[0]
         done += k
         if to_skip:
             drop = min(to_skip, k)
             positions = positions[drop:]
             lattices = lattices[drop:] if np.ndim(lattices) == 3 else lattices
+            velocities = None if velocities is None else velocities[drop:]
             to_skip -= drop
         if positions.shape[0]:
-            chunk = unwrapper.chunk(positions, lattices)
+            chunk = unwrapper.chunk(positions, lattices, velocities)
             for a in analyses:
                 a.accumulate(chunk)
         if progress is not None:
@@ -367,6 +390,7 @@ def _context(
     frame_interval_fs: float,
     temperature_k: float | None,
     metadata: dict | None = None,
+    has_velocities: bool = False,
 ) -> tuple[TrajectoryContext, np.ndarray]:
     mobile, ref, weights, label = select_atoms(
         species_per_atom,
@@ -388,6 +412,7 @@ def _context(
         reference_label=label,
         fixed_atoms=fixed_atoms,
         metadata=dict(metadata or {}),
+        has_velocities=has_velocities,
     )
     return ctx, weights
 
@@ -412,7 +437,8 @@ def analyze_trajectory(
 
     ``temperature_k`` / ``frame_interval_fs`` override what the file says; ``skip_frames``
     leading frames (equilibration) are dropped; ``drift_reference`` as in
-    :func:`select_atoms`.
+    :func:`select_atoms`. Stored velocities are read only when the file has them and an
+    analysis ``needs_velocities``.
     """
     from ionflow.analysis.readers import open_trajectory
 
@@ -439,6 +465,7 @@ def analyze_trajectory(
             f"{label}: {info.n_frames} frame(s) (after skipping {skip_frames}) — an analysis "
             "needs a trajectory, not a single structure"
         )
+    velocities = info.has_velocities and any(a.needs_velocities for a in analyses)
     ctx, weights = _context(
         info.species,
         species=species,
@@ -450,9 +477,10 @@ def analyze_trajectory(
         frame_interval_fs=frame_interval_fs,
         temperature_k=temperature_k,
         metadata=info.metadata,
+        has_velocities=velocities,
     )
     return run_stream(
-        src.iter_chunks(chunk_frames=chunk_frames),
+        src.iter_chunks(chunk_frames=chunk_frames, velocities=velocities),
         analyses,
         ctx,
         weights,
@@ -476,11 +504,22 @@ def analyze_in_memory(
     mass_weighted: bool = True,
     source: str = "trajectory",
     chunk_frames: int = 4096,
+    velocities: np.ndarray | None = None,
 ) -> dict[str, BaseModel]:
-    """Run ``analyses`` over in-memory positions (frames × atoms × 3, Å)."""
+    """Run ``analyses`` over in-memory positions (frames × atoms × 3, Å) and, optionally,
+    velocities (the same shape, Å/fs; passed on when an analysis ``needs_velocities``)."""
     positions = np.asarray(positions)
     if positions.ndim != 3 or positions.shape[2] != 3:
         raise UserInputError(f"positions must be (frames, atoms, 3), got {positions.shape}")
+    if velocities is not None:
+        velocities = np.asarray(velocities)
+        if velocities.shape != positions.shape:
+            raise UserInputError(
+                f"velocities must have the shape of positions {positions.shape}, "
+                f"got {velocities.shape}"
+            )
+        if not any(a.needs_velocities for a in analyses):
+            velocities = None
     lat = np.asarray(lattice, dtype=np.float64)
     ctx, weights = _context(
         species_per_atom,
@@ -492,9 +531,11 @@ def analyze_in_memory(
         n_frames=positions.shape[0],
         frame_interval_fs=frame_interval_fs,
         temperature_k=temperature_k,
+        has_velocities=velocities is not None,
     )
     chunks = (
         (positions[s : s + chunk_frames], lat if lat.ndim == 2 else lat[s : s + chunk_frames])
+        + (() if velocities is None else (velocities[s : s + chunk_frames],))
         for s in range(0, positions.shape[0], chunk_frames)
     )
     return run_stream(chunks, analyses, ctx, weights, total_frames=positions.shape[0])

@@ -31,6 +31,7 @@ def _register() -> None:
     import ionflow.cli.pathway_cmds  # noqa: F401
     import ionflow.cli.results_cmds  # noqa: F401
     import ionflow.cli.vasp_cmds  # noqa: F401
+    import ionflow.cli.vdos_cmds  # noqa: F401
     from ionflow.cli import analysis_cmds, run_cmds  # noqa: F401
 
 
