@@ -34,8 +34,9 @@ def _trajectory(seed: int = 1, n_frames: int = 1500):
 def test_registry_names_the_analyses() -> None:
     assert ANALYSES["diffusion"] is Diffusion
     assert ANALYSES["framework-msd"] is FrameworkMSD
-    with pytest.raises(UserInputError, match="unknown analysis 'rotation'.*diffusion"):
-        get_analysis("rotation")
+    assert {"rotation", "vdos", "density", "jumps"} <= set(ANALYSES)
+    with pytest.raises(UserInputError, match="unknown analysis 'paddle-wheel'.*diffusion"):
+        get_analysis("paddle-wheel")
 
 
 def test_one_pass_feeds_two_analyses_and_diffusion_is_unchanged() -> None:

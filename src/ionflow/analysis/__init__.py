@@ -9,10 +9,13 @@ Registration: importing an analysis module registers its class; the imports belo
 the registry's table of contents.
 """
 
-from ionflow.analysis import density, jumps  # noqa: F401  (registers "density", "jumps")
-from ionflow.analysis import framework_msd  # noqa: F401  (registers "framework-msd")
-from ionflow.analysis import rotation  # noqa: F401  (registers "rotation")
-from ionflow.analysis import vdos  # noqa: F401  (registers "vdos")
+from ionflow.analysis import (  # noqa: F401  (registers "density", "jumps")
+    density,
+    framework_msd,  # noqa: F401  (registers "framework-msd")
+    jumps,
+    rotation,  # noqa: F401  (registers "rotation")
+    vdos,  # noqa: F401  (registers "vdos")
+)
 from ionflow.analysis.arrhenius import ArrheniusFit, fit_arrhenius, fit_arrhenius_from_analyses
 from ionflow.analysis.diffusion import (
     Diffusion,

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ionflow.errors import InsufficientDataError, UserInputError
-from ionflow.spec import check_temperature_k
+from ionflow.rules import check_temperature_k
 
 #: name → analysis class (see :func:`register`).
 ANALYSES: dict[str, type[StreamedAnalysis]] = {}
