@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
-BUCKET = "trajectories"
+from ionflow.names import TRAJECTORY_BUCKET
+
+#: GridFS bucket of the trajectories (:data:`ionflow.names.TRAJECTORY_BUCKET`).
+BUCKET = TRAJECTORY_BUCKET
+
+
+class TrajectoryChecksumError(RuntimeError):
+    """A downloaded trajectory does not have the checksum its reference records."""
 
 
 class TrajectoryRef(BaseModel):
@@ -213,22 +220,52 @@ def _delete_older(db, bucket, keep, metadata: dict) -> list:
     return old
 
 
+def download_npz(db, ref: TrajectoryRef | dict, dest: Path) -> Path | None:
+    """Stream the GridFS copy of ``ref`` from ``db`` into ``dest``, checking its sha256.
+
+    The one place a stored trajectory is read back from the database (the analysis job,
+    ``ionflow export-trajectory``). ``db`` is a pymongo ``Database`` (the bucket is read in
+    ``ref.database`` when that differs). Returns ``dest``, or ``None`` when the database
+    holds no copy (no GridFS id, no ``db``, a mongomock database, the file is gone): the
+    caller then falls back to ``ref.local_path``.
+
+    Raises
+    ------
+    TrajectoryChecksumError
+        The downloaded bytes do not match ``ref.sha256``.
+    """
+    ref = TrajectoryRef.model_validate(ref)
+    if ref.gridfs_id is None or db is None or type(db).__module__.startswith("mongomock"):
+        return None
+    import gridfs
+    from bson import ObjectId
+
+    if ref.database and ref.database != db.name:
+        db = db.client[ref.database]
+    bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
+    try:
+        stream = bucket.open_download_stream(ObjectId(ref.gridfs_id))
+    except gridfs.errors.NoFile:
+        return None
+    sha = hashlib.sha256()
+    dest = Path(dest)
+    with stream, open(dest, "wb") as fh:
+        while chunk := stream.read(1 << 20):
+            sha.update(chunk)
+            fh.write(chunk)
+    if sha.hexdigest() != ref.sha256:
+        raise TrajectoryChecksumError(
+            f"trajectory {ref.filename}: checksum mismatch after download"
+        )
+    return dest
+
+
 def fetch_npz(ref: TrajectoryRef | dict, dest: Path, store=None) -> Path:
     """Materialise a stored trajectory as a local file (GridFS first, then the local path)."""
     ref = TrajectoryRef.model_validate(ref)
-    dest = Path(dest)
-    if ref.gridfs_id is not None and store is not None:
-        db = _database(store)
-        if db is not None:
-            import gridfs
-            from bson import ObjectId
-
-            bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
-            with open(dest, "wb") as fh:
-                bucket.download_to_stream(ObjectId(ref.gridfs_id), fh)
-            if hashlib.sha256(dest.read_bytes()).hexdigest() != ref.sha256:
-                raise RuntimeError(f"trajectory {ref.filename}: checksum mismatch after download")
-            return dest
+    db = _database(store) if store is not None and ref.gridfs_id is not None else None
+    if download_npz(db, ref, Path(dest)) is not None:
+        return Path(dest)
     if ref.local_path and Path(ref.local_path).exists():
         return Path(ref.local_path)
     raise FileNotFoundError(

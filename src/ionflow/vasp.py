@@ -451,24 +451,16 @@ def segment_sizing_from_env() -> tuple[float | None, float | None]:
 def parse_slurm_duration(text: str) -> float | None:
     """Seconds in a Slurm duration (``squeue %L``/``%l``): ``[D-]HH:MM:SS``, ``MM:SS``, ``M``.
 
-    ``UNLIMITED``, ``NOT_SET``, ``INVALID`` and unparsable text give None.
+    ``UNLIMITED``, ``NOT_SET``, ``INVALID`` and unparsable text give None
+    (:func:`ionflow.slurm_time.slurm_seconds`, unknown instead of an error).
     """
-    text = (text or "").strip()
-    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
-    if not m:
+    from ionflow.slurm_time import slurm_seconds
+
+    try:
+        seconds = slurm_seconds(text or "")
+    except ValueError:
         return None
-    days = int(m.group(1) or 0)
-    parts = [int(p) for p in m.groups()[1:] if p is not None]
-    if m.group(1) is not None:  # D-HH[:MM[:SS]]
-        parts += [0] * (3 - len(parts))
-        h, mi, s = parts
-    elif len(parts) == 3:
-        h, mi, s = parts
-    elif len(parts) == 2:
-        h, mi, s = 0, parts[0], parts[1]
-    else:
-        h, mi, s = 0, parts[0], 0
-    return float(((days * 24 + h) * 60 + mi) * 60 + s)
+    return None if seconds is None else float(seconds)
 
 
 def _squeue_time_left(job_id: str, run: Callable[..., Any] = subprocess.run) -> float | None:
