@@ -926,7 +926,7 @@ def test_real_server_queries_cli_and_trajectory_export(server, tmp_path, capsys)
 def test_only_the_current_plans_summary_is_stored():
     """After a submission extends a material, the old plan's summary job (run late) does not
     overwrite the new one; going back to the old plan restores its summary from outputs."""
-    from ionflow.summary import set_current_summaries, store_summary
+    from ionflow.results import set_current_summaries, store_summary
 
     db = mongomock.MongoClient().db
     coll = db.summaries
@@ -992,7 +992,7 @@ def test_columnar_path_answers_every_query_case(monkeypatch, sort):
 
 def test_columnar_copy_follows_writes(monkeypatch):
     from ionflow import query_index
-    from ionflow.summary import store_summary
+    from ionflow.results import store_summary
 
     monkeypatch.setattr(query_index, "MIN_DOCUMENTS", 0)
     db = mongomock.MongoClient()["ionflow"]

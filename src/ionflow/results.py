@@ -1,4 +1,5 @@
-"""Read campaign results back: query summaries, fetch run analyses, export data.
+"""Read campaign results back: query summaries, fetch run analyses, export data; and the
+one writer of summaries (:func:`store_summary`, :func:`set_current_summaries`).
 
 Store layout (see ``docs/results.md``)
 --------------------------------------
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import json
 import math
 import re
@@ -37,7 +37,14 @@ from typing import IO, TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ionflow.errors import UserInputError
-from ionflow.summary import SCHEMA_VERSION, SUMMARY_COLLECTION, MaterialSummary, VariantSummary
+from ionflow.names import (
+    CURRENT_COLLECTION,
+    META_KEY,
+    OUTPUTS_COLLECTION,
+    SUMMARY_COLLECTION,
+    data_dir_path,
+)
+from ionflow.summary import SCHEMA_VERSION, MaterialSummary, VariantSummary
 
 if TYPE_CHECKING:
     from ionflow.analysis import DiffusionAnalysis
@@ -63,6 +70,8 @@ __all__ = [
     "find_summary_documents",
     "format_number",
     "regimes_text",
+    "set_current_summaries",
+    "store_summary",
     "ea_resolved",
     "sigma_300k_note",
     "sigma_300k_quoted",
@@ -80,8 +89,7 @@ __all__ = [
     "verdict_category",
 ]
 
-#: Collection of the JobStore's job outputs.
-OUTPUTS_COLLECTION = "outputs"
+# OUTPUTS_COLLECTION (the JobStore's job outputs), SUMMARY_COLLECTION: see ionflow.names.
 #: Major schema version this code reads (documents of another major version are refused).
 SUPPORTED_SCHEMA_MAJOR = int(SCHEMA_VERSION.split(".")[0])
 
@@ -262,8 +270,7 @@ def open_database(
     UserInputError
         Malformed settings, or the server cannot be started or reached.
     """
-    path = Path(data_dir) if data_dir is not None else Path.cwd() / "ionflow-data"
-    path = path.expanduser().resolve()
+    path = data_dir_path(data_dir)
     if uri is None and launchpad is None:
         path = _data_dir_with_database(path)
     from ionflow.store import DatabaseSettings, resolve_database
@@ -361,8 +368,7 @@ def open_query_database(
 
 
 def _data_dir_with_database(data_dir: Path | str | None) -> Path:
-    path = Path(data_dir) if data_dir is not None else Path.cwd() / "ionflow-data"
-    path = path.expanduser().resolve()
+    path = data_dir_path(data_dir)
     if not ((path / "db").is_dir() or (path / "server.json").exists()):
         raise NoDatabaseError(
             f"no ionflow database in {path} (nothing has been run there): run "
@@ -370,6 +376,75 @@ def _data_dir_with_database(data_dir: Path | str | None) -> Path:
             "--uri or --launchpad"
         )
     return path
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def store_summary(collection, doc: dict) -> bool:
+    """Upsert a summary document into ``summaries`` unless it is not the current one.
+
+    Keyed by (campaign, material). Every submission records the key of each material's
+    summary job (:func:`set_current_summaries`); a summary whose
+    ``provenance.summary_key`` differs from the recorded one belongs to an earlier or
+    later plan (e.g. before a temperature was added) and is not written — whichever
+    summary job runs last. Without a record (jobs run outside ``ionflow run/submit``) the
+    last write wins. Returns whether ``doc`` was written.
+    """
+    key = {"campaign": doc["campaign"], "material": doc["material"]}
+    mine = (doc.get("provenance") or {}).get("summary_key")
+    current = collection.database[CURRENT_COLLECTION].find_one(key) or {}
+    if mine is not None and current.get("summary_key") not in (None, mine):
+        return False
+    collection.replace_one(key, doc, upsert=True)
+    from ionflow.query_index import touch
+
+    touch(collection.database)  # the columnar query copy is stale now
+    return True
+
+
+def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
+    """Record each material's current summary key; bring ``summaries`` in line with it.
+
+    ``db`` is the JobStore database, ``keys`` material → summary job key (the submitted
+    plan; the campaign's records of materials not in it are dropped). When the stored
+    summary of a material is another plan's and the current plan's summary job has already
+    run (its output is in ``outputs``, e.g. the user went back to an earlier temperature
+    list), that output is stored again. Returns the materials whose stored summary was
+    replaced this way.
+    """
+    if not keys:
+        return []
+    current = db[CURRENT_COLLECTION]
+    current.create_index([("campaign", 1), ("material", 1)])
+    # two writes, not an upsert per material (thousands of materials; no long $in lists,
+    # slow on SecantusDB): the campaign's records are replaced by this plan's. A summary
+    # job finishing in between finds no record and writes (last write wins), as before.
+    current.delete_many({"campaign": campaign})
+    current.insert_many(
+        [{"campaign": campaign, "material": m, "summary_key": k} for m, k in keys.items()]
+    )
+    stored = {
+        d["material"]: (d.get("provenance") or {}).get("summary_key")
+        for d in db[SUMMARY_COLLECTION].find(
+            {"campaign": campaign}, {"material": 1, "provenance.summary_key": 1}
+        )
+        if d.get("material") in keys
+    }
+    stale = {m: keys[m] for m, k in stored.items() if k is not None and k != keys[m]}
+    restored = []
+    for material, key in stale.items():
+        out = list(
+            db[OUTPUTS_COLLECTION]
+            .find({f"metadata.{META_KEY}": key}, {"output": 1})
+            .sort("index", -1)
+            .limit(1)
+        )
+        doc = out[0].get("output") if out else None
+        if isinstance(doc, dict) and doc.get("material") == material:
+            store_summary(db[SUMMARY_COLLECTION], doc)
+            restored.append(material)
+    return restored
 
 
 # ----------------------------------------------------------------------------- indexes
@@ -1155,30 +1230,15 @@ def find_md_output(
 
 
 def _download(handle: SourceHandle, ref: TrajectoryRef, dest: Path) -> Path:
-    """Stream the GridFS copy (or the local file) of ``ref`` to ``dest``, checking sha256."""
-    from ionflow.trajectories import BUCKET
+    """The GridFS copy (or the local file) of ``ref`` at ``dest``, checksum verified
+    (:func:`ionflow.trajectories.download_npz`)."""
+    from ionflow.trajectories import BUCKET, TrajectoryChecksumError, download_npz
 
-    if ref.gridfs_id is not None and not type(handle.db).__module__.startswith("mongomock"):
-        import gridfs
-        from bson import ObjectId
-
-        db = handle.db
-        if ref.database and ref.database != db.name:
-            db = db.client[ref.database]
-        bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
-        sha = hashlib.sha256()
-        try:
-            stream = bucket.open_download_stream(ObjectId(ref.gridfs_id))
-        except gridfs.errors.NoFile:
-            stream = None
-        if stream is not None:
-            with stream, open(dest, "wb") as fh:
-                while chunk := stream.read(1 << 20):
-                    sha.update(chunk)
-                    fh.write(chunk)
-            if sha.hexdigest() != ref.sha256:
-                raise UserInputError(f"trajectory {ref.filename}: checksum mismatch after download")
+    try:
+        if download_npz(handle.db, ref, dest) is not None:
             return dest
+    except TrajectoryChecksumError as exc:
+        raise UserInputError(str(exc)) from None
     if ref.local_path and Path(ref.local_path).is_file():
         return Path(ref.local_path)
     raise UserInputError(

@@ -46,6 +46,8 @@ from pydantic import BaseModel, Field
 from ionflow import __version__
 from ionflow.analysis import ArrheniusFit, DiffusionAnalysis
 from ionflow.analysis.arrhenius import ea_is_resolved
+from ionflow.names import CURRENT_COLLECTION as CURRENT_COLLECTION
+from ionflow.names import SUMMARY_COLLECTION as SUMMARY_COLLECTION
 from ionflow.outputs import SupercellOutput
 
 SCHEMA_VERSION = "1.1"
@@ -225,8 +227,6 @@ class MaterialSummary(BaseModel):
     regimes: list[str] = Field(default_factory=list, description="Regimes of the free runs")
     notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
     provenance: dict = Field(default_factory=dict, description="Code versions, settings, job ids")
-
-
 
 
 def variant_summary(
@@ -479,75 +479,13 @@ def build_summary(
     )
 
 
-#: Collection (JobStore database) with one summary per (campaign, material).
-SUMMARY_COLLECTION = "summaries"
-#: Collection (JobStore database): the current summary key of each (campaign, material),
-#: written at every submission (:func:`set_current_summaries`).
-CURRENT_COLLECTION = "summaries_current"
+# Writing summaries to the database (store_summary, set_current_summaries) is not this pure
+# module's business: it lives in ionflow.results. The two names are handed over lazily for
+# callers of the old path (the summary job in ionflow.makers.analysis), without importing
+# ionflow.results here (no import cycle).
+def __getattr__(name: str):
+    if name in ("store_summary", "set_current_summaries"):
+        from ionflow import results
 
-
-def store_summary(collection, doc: dict) -> bool:
-    """Upsert a summary document into ``summaries`` unless it is not the current one.
-
-    Keyed by (campaign, material). Every submission records the key of each material's
-    summary job (:func:`set_current_summaries`); a summary whose
-    ``provenance.summary_key`` differs from the recorded one belongs to an earlier or
-    later plan (e.g. before a temperature was added) and is not written — whichever
-    summary job runs last. Without a record (jobs run outside ``ionflow run/submit``) the
-    last write wins. Returns whether ``doc`` was written.
-    """
-    key = {"campaign": doc["campaign"], "material": doc["material"]}
-    mine = (doc.get("provenance") or {}).get("summary_key")
-    current = collection.database[CURRENT_COLLECTION].find_one(key) or {}
-    if mine is not None and current.get("summary_key") not in (None, mine):
-        return False
-    collection.replace_one(key, doc, upsert=True)
-    from ionflow.query_index import touch
-
-    touch(collection.database)  # the columnar query copy is stale now
-    return True
-
-
-def set_current_summaries(db, campaign: str, keys: dict[str, str]) -> list[str]:
-    """Record each material's current summary key; bring ``summaries`` in line with it.
-
-    ``db`` is the JobStore database, ``keys`` material → summary job key (the submitted
-    plan; the campaign's records of materials not in it are dropped). When the stored summary of a material is another plan's and the current
-    plan's summary job has already run (its output is in ``outputs``, e.g. the user went
-    back to an earlier temperature list), that output is stored again. Returns the
-    materials whose stored summary was replaced this way.
-    """
-    from ionflow.results import OUTPUTS_COLLECTION
-
-    if not keys:
-        return []
-    current = db[CURRENT_COLLECTION]
-    current.create_index([("campaign", 1), ("material", 1)])
-    # two writes, not an upsert per material (thousands of materials; no long $in lists,
-    # slow on SecantusDB): the campaign's records are replaced by this plan's. A summary
-    # job finishing in between finds no record and writes (last write wins), as before.
-    current.delete_many({"campaign": campaign})
-    current.insert_many(
-        [{"campaign": campaign, "material": m, "summary_key": k} for m, k in keys.items()]
-    )
-    stored = {
-        d["material"]: (d.get("provenance") or {}).get("summary_key")
-        for d in db[SUMMARY_COLLECTION].find(
-            {"campaign": campaign}, {"material": 1, "provenance.summary_key": 1}
-        )
-        if d.get("material") in keys
-    }
-    stale = {m: keys[m] for m, k in stored.items() if k is not None and k != keys[m]}
-    restored = []
-    for material, key in stale.items():
-        out = list(
-            db[OUTPUTS_COLLECTION]
-            .find({"metadata.ionflow_key": key}, {"output": 1})
-            .sort("index", -1)
-            .limit(1)
-        )
-        doc = out[0].get("output") if out else None
-        if isinstance(doc, dict) and doc.get("material") == material:
-            store_summary(db[SUMMARY_COLLECTION], doc)
-            restored.append(material)
-    return restored
+        return getattr(results, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
