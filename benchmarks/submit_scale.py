@@ -9,13 +9,13 @@ What it does, all in one run against one embedded SecantusDB server (``LocalServ
 1. writes ``--materials`` small Li3N CIFs with lattice constants 0.05 % apart and a
    ``workflows.yaml`` with 4 temperatures (no pinned control: 12 jobs per material);
 2. times ``load_campaign`` and ``plan_campaign`` (the flows, built once and shared);
-3. **ionflow**: ``ionflow.campaign.submit`` of every material into a fresh FireWorks
+3. **ionflow**: ``ionflow.backends.fw_submit.submit`` of every material into a fresh FireWorks
    database (documents built directly, ids reserved once, two ``insert_many``), then once
    more to time the idempotent no-op resubmission;
 4. **naive**: for the first ``--naive-materials`` materials (default: all), jobflow's
    ``jobflow.managers.fireworks.flow_to_workflow(flow)`` and ``LaunchPad.add_wf(wf)`` one
    material at a time into another fresh database on the same server;
-5. unless ``--quick``: what ionflow's submit did before (``store.flow_to_workflow`` +
+5. unless ``--quick``: what ionflow's submit did before (``fw_tasks.flow_to_workflow`` +
    ``LaunchPad.bulk_add_wfs``), and the *server floor*: inserting the very documents
    ionflow builds, prebuilt, into a fresh FireWorks database (FireWorks' 11 indexes on
    ``fireworks``; SecantusDB spends ~0.7 ms per document and index set, whatever the
@@ -97,14 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.INFO)
     from jobflow.managers.fireworks import flow_to_workflow as jobflow_flow_to_workflow
 
-    from ionflow.campaign import _shift_ids, plan_campaign, submit, workflow_documents
+    from ionflow.backends.fw_submit import _shift_ids, submit, workflow_documents
+    from ionflow.backends.fw_tasks import flow_to_workflow, reset_launchpad_if_new
+    from ionflow.campaign import plan_campaign
     from ionflow.spec import load_campaign
-    from ionflow.store import (
-        DatabaseSettings,
-        flow_to_workflow,
-        reset_launchpad_if_new,
-        resolve_database,
-    )
+    from ionflow.store import DatabaseSettings, resolve_database
 
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -169,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t_old = t_floor = t_build = None
         if not args.quick:
-            # what ionflow's submit did before: store.flow_to_workflow + bulk_add_wfs
+            # what ionflow's submit did before: fw_tasks.flow_to_workflow + bulk_add_wfs
             _, lp_old = fresh_launchpad("bulk")
             t = time.perf_counter()
             with contextlib.redirect_stderr(io.StringIO()):
@@ -203,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if t_old is not None:
             print(
                 f"bulk_add_wfs     : {n_jobs:6d} jobs in {t_old:6.1f} s = {n_jobs / t_old:7.0f} "
-                "jobs/s  (store.flow_to_workflow + LaunchPad.bulk_add_wfs)"
+                "jobs/s  (fw_tasks.flow_to_workflow + LaunchPad.bulk_add_wfs)"
             )
             print(
                 f"server floor     : inserting the same {n_jobs} prebuilt documents takes "

@@ -376,9 +376,9 @@ materials:
 
 
 def test_workflow_documents_match_fireworks(tmp_path):
-    """campaign.workflow_documents == store.flow_to_workflow + bulk_add_wfs, job by job."""
-    from ionflow.campaign import workflow_documents
-    from ionflow.store import flow_to_workflow
+    """fw_submit.workflow_documents == fw_tasks.flow_to_workflow + bulk_add_wfs, job by job."""
+    from ionflow.backends.fw_submit import workflow_documents
+    from ionflow.backends.fw_tasks import flow_to_workflow
 
     _, planned = _planned(tmp_path)
     assert {p.material.name: p.n_jobs for p in planned} == {"Li6PS5Cl": 13, "Li3N": 8}
@@ -417,13 +417,13 @@ def test_workflow_documents_match_fireworks(tmp_path):
 
 
 def test_fast_submit_is_a_valid_idempotent_launchpad(db, tmp_path, monkeypatch):
-    import ionflow.campaign as campaign
+    from ionflow.backends import fw_submit
 
     spec, planned = _planned(tmp_path)
-    monkeypatch.setattr(campaign, "_SUBMIT_CHUNK", 1)  # exercise the chunked writer
+    monkeypatch.setattr(fw_submit, "_SUBMIT_CHUNK", 1)  # exercise the chunked writer
     lp = db.launchpad()
     lp.add_wf(Firework(ScriptTask.from_str("true"), name="before"))  # ids already in use
-    result = campaign.submit(lp, planned, spec.campaign)
+    result = fw_submit.submit(lp, planned, spec.campaign)
     assert result["added"] == ["Li6PS5Cl", "Li3N"] and result["reused"] == []
     assert result["extended"] == [] and result["jobs_reused"] == 0
     n = sum(p.n_jobs for p in planned)
@@ -437,7 +437,7 @@ def test_fast_submit_is_a_valid_idempotent_launchpad(db, tmp_path, monkeypatch):
         assert [wf.id_fw[i].name for i in wf.root_fw_ids] == [f"relax {p.material.name}"]
     mapping = lp.add_wf(Firework(ScriptTask.from_str("true"), name="after"))
     assert list(mapping.values()) == [2 + n]  # the id counter moved past the campaign
-    again = campaign.submit(lp, planned, spec.campaign)
+    again = fw_submit.submit(lp, planned, spec.campaign)
     assert again["added"] == [] and again["extended"] == []
     assert again["reused"] == ["Li6PS5Cl", "Li3N"]
     assert again["jobs_added"] == 0 and again["jobs_reused"] == n
@@ -454,11 +454,11 @@ def _fw_by_name(lp, campaign):
 def test_added_temperature_appends_only_new_runs(db, tmp_path):
     """[600, 900] → [600, 900, 1200]: new MD/analysis at 1200 K + new fits and summary,
     wired to the existing supercell and analyses; nothing else is added."""
-    import ionflow.campaign as campaign
+    from ionflow.backends import fw_submit
 
     spec, planned = _planned(tmp_path)
     lp = db.launchpad()
-    campaign.submit(lp, planned, spec.campaign)
+    fw_submit.submit(lp, planned, spec.campaign)
     before = _fw_by_name(lp, spec.campaign)
     # the supercell of Li6PS5Cl has run: its new children must be READY, the others WAITING
     sc_id = before["supercell Li6PS5Cl"]["fw_id"]
@@ -480,7 +480,7 @@ def test_added_temperature_appends_only_new_runs(db, tmp_path):
     )
 
     spec3, planned3 = _planned(tmp_path, temps="600, 900, 1200")
-    res = campaign.submit(lp, planned3, spec3.campaign)
+    res = fw_submit.submit(lp, planned3, spec3.campaign)
     assert res["added"] == [] and res["reused"] == []
     assert res["extended"] == ["Li6PS5Cl", "Li3N"]
     new_li6 = sorted(res["details"]["Li6PS5Cl"]["added"])
@@ -535,39 +535,40 @@ def test_added_temperature_appends_only_new_runs(db, tmp_path):
         == "md"
     )
     # once more: nothing to add
-    again = campaign.submit(lp, planned3, spec3.campaign)
+    again = fw_submit.submit(lp, planned3, spec3.campaign)
     assert again["reused"] == ["Li6PS5Cl", "Li3N"] and again["jobs_added"] == 0
     assert lp.fireworks.count_documents({"spec.ionflow_campaign": spec.campaign}) == len(after)
     # and back to two temperatures: that summary exists already
-    back = campaign.submit(lp, planned, spec.campaign)
+    back = fw_submit.submit(lp, planned, spec.campaign)
     assert back["reused"] == ["Li6PS5Cl", "Li3N"] and back["jobs_added"] == 0
-    last = campaign.last_submission(lp, spec.campaign)
+    last = fw_submit.last_submission(lp, spec.campaign)
     assert last["jobs_added"] == 0 and last["materials"]["Li3N"]["mode"] == "unchanged"
 
 
 def test_locked_workflow_is_not_extended(db, tmp_path, monkeypatch):
-    import ionflow.campaign as campaign
+    from ionflow.backends import fw_submit
 
     spec, planned = _planned(tmp_path)
     lp = db.launchpad()
-    campaign.submit(lp, planned[:1], spec.campaign)
+    fw_submit.submit(lp, planned[:1], spec.campaign)
     n0 = lp.fireworks.count_documents({})
     lp.workflows.update_many({}, {"$set": {"locked": True}})  # a worker holds the lock
-    monkeypatch.setattr(campaign, "_LOCK_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(fw_submit, "_LOCK_TIMEOUT_S", 0.5)
     _, planned3 = _planned(tmp_path, temps="600, 900, 1200")
-    with pytest.raises(campaign.SubmissionError, match=r"Li6PS5Cl.*locked.*lpad admin unlock"):
-        campaign.submit(lp, planned3[:1], spec.campaign)
+    with pytest.raises(fw_submit.SubmissionError, match=r"Li6PS5Cl.*locked.*lpad admin unlock"):
+        fw_submit.submit(lp, planned3[:1], spec.campaign)
     assert lp.fireworks.count_documents({}) == n0  # nothing half-added
     lp.workflows.update_many({}, {"$unset": {"locked": ""}})
-    assert campaign.submit(lp, planned3[:1], spec.campaign)["extended"] == ["Li6PS5Cl"]
+    assert fw_submit.submit(lp, planned3[:1], spec.campaign)["extended"] == ["Li6PS5Cl"]
 
 
 def test_changed_md_settings_reuse_the_relaxation_only(db, tmp_path):
-    import ionflow.campaign as campaign
+    from ionflow.backends import fw_submit
+    from ionflow.campaign import plan_campaign
 
     spec, planned = _planned(tmp_path)
     lp = db.launchpad()
-    campaign.submit(lp, planned, spec.campaign)
+    fw_submit.submit(lp, planned, spec.campaign)
     n0 = lp.fireworks.count_documents({})
     text = (
         (tmp_path / "workflows.yaml")
@@ -578,8 +579,8 @@ def test_changed_md_settings_reuse_the_relaxation_only(db, tmp_path):
     from ionflow.spec import load_campaign
 
     spec2, mats2 = load_campaign(tmp_path / "workflows.yaml")
-    planned2 = campaign.plan_campaign(spec2, mats2, tmp_path / "runs")
-    res = campaign.submit(lp, planned2, spec2.campaign)
+    planned2 = plan_campaign(spec2, mats2, tmp_path / "runs")
+    res = fw_submit.submit(lp, planned2, spec2.campaign)
     assert res["extended"] == ["Li6PS5Cl", "Li3N"]
     for name, p in zip(("Li6PS5Cl", "Li3N"), planned2, strict=True):
         assert sorted(res["details"][name]["reused"]) == [f"relax {name}", f"supercell {name}"]
@@ -588,11 +589,12 @@ def test_changed_md_settings_reuse_the_relaxation_only(db, tmp_path):
 
 
 def test_incomplete_workflow_of_a_failed_submission_is_replaced(db, tmp_path):
-    import ionflow.campaign as campaign
+    from ionflow.backends import fw_submit
+    from ionflow.backends.base import submission_lines
 
     spec, planned = _planned(tmp_path)
     lp = db.launchpad()
-    campaign.submit(lp, planned[:1], spec.campaign)
+    fw_submit.submit(lp, planned[:1], spec.campaign)
     # a workflow document written without its fireworks (the database failed in between)
     ghost = {
         "nodes": [9001, 9002],
@@ -608,20 +610,20 @@ def test_incomplete_workflow_of_a_failed_submission_is_replaced(db, tmp_path):
         "state": "READY",
     }
     lp.workflows.insert_one(ghost)
-    res = campaign.submit(lp, planned, spec.campaign)
+    res = fw_submit.submit(lp, planned, spec.campaign)
     assert res["dropped"] == ["Li3N"] and res["added"] == ["Li3N"]
     assert res["reused"] == ["Li6PS5Cl"]
     assert lp.workflows.count_documents({"name": "ghost"}) == 0
     assert lp.workflows.count_documents({}) == 2
-    assert "interrupted earlier submission: Li3N" in campaign.submission_lines(res)[0]
+    assert "interrupted earlier submission: Li3N" in submission_lines(res)[0]
     assert lp.workflows.count_documents({"metadata.ionflow_pending": {"$exists": True}}) == 0
     # an incomplete workflow one of whose fireworks has run is left for a person to look at
     ran = lp.fireworks.find_one({"spec.ionflow_material": "Li3N"})
     lp.fireworks.update_one({"fw_id": ran["fw_id"]}, {"$set": {"state": "COMPLETED"}})
     wf = lp.workflows.find_one({"nodes": ran["fw_id"]})
     lp.workflows.update_one({"_id": wf["_id"]}, {"$set": {"metadata.ionflow_pending": True}})
-    with pytest.raises(campaign.SubmissionError, match=r"Li3N.*have run"):
-        campaign.submit(lp, planned, spec.campaign)
+    with pytest.raises(fw_submit.SubmissionError, match=r"Li3N.*have run"):
+        fw_submit.submit(lp, planned, spec.campaign)
 
 
 def test_campaign_done(db):

@@ -20,16 +20,13 @@ from fireworks import FWorker
 from fireworks.core.rocket_launcher import rapidfire
 from jobflow import Flow, run_locally
 
+from ionflow.backends.fw_tasks import flow_to_workflow, reset_launchpad_if_new
 from ionflow.errors import UserInputError
+from ionflow.names import BLOBS_COLLECTION, JOBSTORE_ENV_KEY, OUTPUTS_COLLECTION
 from ionflow.store import (
-    BLOBS_COLLECTION,
-    JOBSTORE_ENV_KEY,
-    OUTPUTS_COLLECTION,
     DatabaseSettings,
     LocalServer,
-    flow_to_workflow,
     redact_uri,
-    reset_launchpad_if_new,
     resolve_database,
 )
 

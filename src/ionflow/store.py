@@ -30,35 +30,14 @@ Collection layout
 do not collide with the JobStore's even in one database, so on a server where the account may
 use a single database only, set ``fireworks_database`` equal to ``database``.
 
-How a FireWorks worker finds the JobStore
------------------------------------------
-jobflow's own :class:`jobflow.managers.fireworks.JobFiretask` takes the store from exactly two
-places (``run_task``): the ``store`` embedded in the firetask by
-``flow_to_workflow(flow, store=...)`` -- serialised into the ``fireworks`` collection, i.e.
-the URI *with its password* ends up in every workflow document -- or, when that is ``None``,
-``jobflow.SETTINGS.JOB_STORE``, a module global built once at ``import jobflow`` from
-``JOBFLOW_CONFIG_FILE`` / ``~/.jobflow.yaml`` / ``JOBFLOW_*`` variables. It never reads the
-FWorker ``env``. The ``SETTINGS`` route has a nasty failure mode: a worker without the config
-silently writes every output to an in-memory store and marks the firework COMPLETED.
-
-ionflow therefore uses its own firetask, :class:`IonflowJobFiretask` (a subclass of
-``JobFiretask`` producing the same job execution), created by this module's
-:func:`flow_to_workflow`. It stores *no* store in the workflow and takes the JobStore from the
-FWorker ``env`` key ``"ionflow_jobstore"`` (FireWorks hands the env to every task as
-``fw_spec["_fw_env"]``); a worker without it makes the firework FIZZLE with a clear message
-instead of losing data. The env value is either
-
-* a :class:`~jobflow.JobStore` object -- :meth:`ResolvedDatabase.fworker`, for in-process
-  ``rapidfire``. FireWorks records the FWorker (including ``env``) in every ``launches``
-  document, so that FWorker is a subclass whose ``to_dict`` replaces the store with a
-  placeholder: the secret stays in memory;
-* a path to a ``jobstore.json`` file (mode 0600) -- :meth:`ResolvedDatabase.write_worker_files`,
-  for ``rlaunch -l my_launchpad.yaml -w my_fworker.yaml rapidfire`` in another process or a
-  Slurm job. Only the path is recorded in ``launches``; the file must be readable where the
-  worker runs (shared file system).
-
-Dynamic flows (``Response(replace=..., addition=..., detour=...)``) are converted with the
-same firetask, so they stay secret-free as well.
+FireWorks and jobflow
+---------------------
+This module is the database layer only: settings, the embedded server, URIs, the stores. It
+imports neither FireWorks nor jobflow at module level (:meth:`ResolvedDatabase.jobstore`
+imports jobflow's ``JobStore`` when called: the JobStore is the format job outputs are
+stored and read in, whichever backend runs the jobs). The LaunchPad, FWorkers, worker files
+and the firetask are built by the FireWorks backends (:mod:`ionflow.backends.fw_tasks`);
+:attr:`ResolvedDatabase.launchpad_config` only says where the FireWorks collections live.
 
 Gotchas
 -------
@@ -69,9 +48,6 @@ Gotchas
   shared file system would corrupt it).
 * ``maggma``'s ``MongoStore.name`` (and so ``JobStore.name``) returns the full URI; never log
   the stores themselves, log :attr:`ResolvedDatabase.description`.
-* Workflows made with jobflow's own ``flow_to_workflow`` (``store=None``) would run on these
-  workers with ``jobflow.SETTINGS.JOB_STORE`` (in-memory unless configured): always convert
-  with this module's :func:`flow_to_workflow`.
 * jobflow serialises numpy arrays to JSON lists (``get_output`` returns lists: wrap with
   ``np.asarray``), and the GridFS store JSON-encodes the whole blob: a 20 MB float64 array
   becomes ~50 MB of JSON and takes ~10-20 s to store on this hardware (mostly
@@ -100,13 +76,15 @@ from urllib.parse import quote_plus
 
 import psutil
 import yaml
-from fireworks import Firework, FWAction, FWorker, LaunchPad, Workflow, explicit_serialize
-from fireworks.utilities.fw_serializers import DATETIME_HANDLER, recursive_serialize
-from jobflow import JobStore
-from jobflow.managers.fireworks import JobFiretask
 from pydantic import BaseModel, ConfigDict, Field
 
 from ionflow.errors import EnvironmentFailure, UserInputError
+from ionflow.names import (
+    BLOBS_COLLECTION,
+    DEFAULT_DATA_DIR,
+    JOBSTORE_ENV_KEY,
+    OUTPUTS_COLLECTION,
+)
 from ionflow.uris import check_mongo_uri, redact_uri
 from ionflow.uris import uri_secrets as _uri_secrets
 
@@ -115,28 +93,20 @@ if TYPE_CHECKING:
 
     import jobflow
     import pymongo
+    from fireworks import FWorker, LaunchPad
 
 __all__ = [
     "BLOBS_COLLECTION",
     "JOBSTORE_ENV_KEY",
     "OUTPUTS_COLLECTION",
     "DatabaseSettings",
-    "IonflowJobFiretask",
     "LocalServer",
     "ResolvedDatabase",
-    "flow_to_workflow",
-    "job_to_firework",
     "redact_uri",
-    "reset_launchpad_if_new",
     "resolve_database",
-    "worker_jobstore",
 ]
 
-#: FWorker ``env`` key holding the JobStore (object) or the path to a ``jobstore.json``.
-JOBSTORE_ENV_KEY = "ionflow_jobstore"
-#: Collection names of the JobStore (documents, and the GridFS "data" store).
-OUTPUTS_COLLECTION = "outputs"
-BLOBS_COLLECTION = "outputs_blobs"
+# JOBSTORE_ENV_KEY, OUTPUTS_COLLECTION and BLOBS_COLLECTION: see ionflow.names.
 
 _SERVER_EXECUTABLE = "secantusd-py"
 _LOCAL_HOST = "127.0.0.1"
@@ -179,7 +149,7 @@ class DatabaseSettings(BaseModel):
     launchpad_file: Path | None = None
     database: str = "ionflow"
     fireworks_database: str | None = None
-    data_dir: Path = Path("ionflow-data")
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
 
     def redacted(self) -> dict[str, Any]:
         """Return the settings as a plain dict that is safe to print (password masked)."""
@@ -724,6 +694,7 @@ class ResolvedDatabase:
         ``<database>.outputs_blobs``. Declare large outputs with ``@job(data="key")`` or
         ``@job(data=True)``.
         """
+        from jobflow import JobStore
         from maggma.stores import GridFSStore, MongoStore
 
         docs = MongoStore(
@@ -740,9 +711,14 @@ class ResolvedDatabase:
         )
         return JobStore(docs, additional_stores={"data": blobs})
 
+    # The three builders below are kept for callers of the old API (tests, scripts); they
+    # belong to the FireWorks backend (ionflow.backends.fw_tasks), which builds them.
+
     def launchpad(self) -> LaunchPad:
-        """Return a FireWorks LaunchPad on the configured server."""
-        return LaunchPad.from_dict(json.loads(json.dumps(self.launchpad_config)))
+        """A FireWorks LaunchPad on the configured server (:func:`ionflow.backends.fw_tasks.launchpad`)."""
+        from ionflow.backends.fw_tasks import launchpad
+
+        return launchpad(self)
 
     def fworker(
         self,
@@ -750,27 +726,10 @@ class ResolvedDatabase:
         category: str | Sequence[str] | None = None,
         query: dict[str, Any] | None = None,
     ) -> FWorker:
-        """Return an FWorker for in-process ``rapidfire`` that carries this JobStore.
+        """An in-process FWorker carrying this JobStore (:func:`ionflow.backends.fw_tasks.fworker`)."""
+        from ionflow.backends.fw_tasks import fworker
 
-        The store travels in ``env["ionflow_jobstore"]`` as an object; the FWorker's
-        ``to_dict`` (what FireWorks writes into ``launches``) replaces it with a placeholder.
-
-        Parameters
-        ----------
-        name
-            FWorker name (matched by ``spec._fworker``).
-        category
-            Category or categories to pull (``spec._category``); ``None`` pulls any.
-        query
-            Extra FireWorks query restricting which fireworks run.
-        """
-        category = "" if category is None else category
-        return _InProcessFWorker(
-            name=name,
-            category=list(category) if not isinstance(category, str) else category,
-            query=query,
-            env={JOBSTORE_ENV_KEY: self.jobstore()},
-        )
+        return fworker(self, name, category, query)
 
     def write_worker_files(
         self,
@@ -780,59 +739,10 @@ class ResolvedDatabase:
         category: str | Sequence[str] | None = None,
         query: dict[str, Any] | None = None,
     ) -> dict[str, Path]:
-        """Write the files a separate worker process needs, each with mode 0600.
+        """The files of a separate worker process (:func:`ionflow.backends.fw_tasks.write_worker_files`)."""
+        from ionflow.backends.fw_tasks import write_worker_files
 
-        Parameters
-        ----------
-        directory
-            Where to write (created if missing). Must be readable by the workers.
-        name, category, query
-            As for :meth:`fworker`.
-
-        Returns
-        -------
-        dict of str to Path
-            ``"launchpad"``: ``my_launchpad.yaml`` (contains the credentials);
-            ``"jobstore"``: ``jobstore.json`` (contains the credentials);
-            ``"fworker"``: ``my_fworker.yaml`` (env holds only the path of jobstore.json);
-            ``"jobflow_config"``: ``jobflow.yaml`` with ``JOB_STORE: <jobstore.json>``, for
-            plain-jobflow tools via ``JOBFLOW_CONFIG_FILE`` (ionflow's workers do not need it).
-            Run a worker with ``rlaunch -l <launchpad> -w <fworker> rapidfire``.
-        """
-        directory = Path(directory).expanduser().resolve()
-        directory.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "launchpad": directory / "my_launchpad.yaml",
-            "jobstore": directory / "jobstore.json",
-            "fworker": directory / "my_fworker.yaml",
-            "jobflow_config": directory / "jobflow.yaml",
-        }
-        from monty.json import MontyEncoder
-
-        _write_private(
-            paths["jobstore"], json.dumps(self.jobstore().as_dict(), cls=MontyEncoder, indent=2)
-        )
-        _write_private(
-            paths["launchpad"],
-            "# Written by ionflow: FireWorks LaunchPad. Contains credentials; keep private.\n"
-            + yaml.safe_dump(json.loads(json.dumps(self.launchpad_config)), sort_keys=False),
-        )
-        category = "" if category is None else category
-        fworker = FWorker(
-            name=name,
-            category=list(category) if not isinstance(category, str) else category,
-            query=query,
-            env={JOBSTORE_ENV_KEY: str(paths["jobstore"])},
-        )
-        _write_private(
-            paths["fworker"],
-            "# Written by ionflow: the JobStore is read from the file named in env.\n"
-            + yaml.safe_dump(fworker.to_dict(), sort_keys=False),
-        )
-        _write_private(
-            paths["jobflow_config"], yaml.safe_dump({"JOB_STORE": str(paths["jobstore"])})
-        )
-        return paths
+        return write_worker_files(self, directory, name=name, category=category, query=query)
 
     def ping(self, timeout_s: float = 10.0) -> None:
         """Raise :class:`~ionflow.errors.EnvironmentFailure` (one line, host:port, never the
@@ -1076,245 +986,13 @@ def _launchpad_with_timeout(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# ----------------------------------------------------------------------------- FireWorks
+def __getattr__(name: str) -> Any:
+    # The FireWorks name of ionflow's firetask is "{{ionflow.store.IonflowJobFiretask}}" in
+    # every stored firework (it lived here before ionflow.backends existed): FireWorks
+    # resolves it by importing this module and reading this attribute. Handed over lazily,
+    # so that importing the database layer does not import FireWorks.
+    if name == "IonflowJobFiretask":
+        from ionflow.backends.fw_tasks import IonflowJobFiretask
 
-
-def reset_launchpad_if_new(lp: LaunchPad) -> bool:
-    """Initialise the FireWorks collections on first use; never deletes anything.
-
-    ``LaunchPad.add_wf`` needs the ``fw_id_assigner`` counter document that ``lp.reset``
-    creates, but ``reset`` wipes every workflow. This creates the counter only if it is
-    missing (atomically, so concurrent callers are safe) and builds FireWorks' indexes.
-
-    Parameters
-    ----------
-    lp
-        The LaunchPad.
-
-    Returns
-    -------
-    bool
-        Whether the LaunchPad was initialised now.
-
-    Raises
-    ------
-    RuntimeError
-        If the counter is missing although fireworks already exist (refuses to guess ids).
-    """
-    from pymongo.errors import DuplicateKeyError
-
-    if lp.fw_id_assigner.find_one({}) is not None:
-        return False
-    if lp.fireworks.find_one({}, {"_id": 1}) is not None:
-        raise RuntimeError(
-            f"LaunchPad database {lp.name!r} has fireworks but no fw_id_assigner counter; "
-            "refusing to initialise it (repair it or use another database)"
-        )
-    try:
-        lp.fw_id_assigner.update_one(
-            {"_id": -1},
-            {"$setOnInsert": {"next_fw_id": 1, "next_launch_id": 1}},
-            upsert=True,
-        )
-    except DuplicateKeyError:  # a concurrent caller won
-        return False
-    lp.tuneup(bkground=True)
-    return True
-
-
-class _InProcessFWorker(FWorker):
-    """FWorker whose serialised form (stored in ``launches``) omits JobStore objects."""
-
-    @recursive_serialize
-    def to_dict(self) -> dict[str, Any]:
-        env = {
-            k: ("<in-process JobStore, not serialised>" if isinstance(v, JobStore) else v)
-            for k, v in self.env.items()
-        }
-        return {
-            "name": self.name,
-            "category": self.category,
-            "query": json.dumps(self._query, default=DATETIME_HANDLER),
-            "env": env,
-        }
-
-
-_FILE_STORES: dict[tuple[str, int], JobStore] = {}
-
-
-def worker_jobstore(fw_spec: dict[str, Any]) -> JobStore:
-    """The JobStore named by the FWorker env in ``fw_spec["_fw_env"]["ionflow_jobstore"]``.
-
-    Parameters
-    ----------
-    fw_spec
-        The spec FireWorks passes to ``run_task``.
-
-    Returns
-    -------
-    JobStore
-        Connected. Stores loaded from a file are cached per process.
-
-    Raises
-    ------
-    RuntimeError
-        If the FWorker env has no usable ``ionflow_jobstore``.
-    """
-    ref = (fw_spec.get("_fw_env") or {}).get(JOBSTORE_ENV_KEY)
-    if isinstance(ref, JobStore):
-        ref.connect()
-        return ref
-    if isinstance(ref, str | Path):
-        path = Path(ref).expanduser()
-        try:
-            key = (str(path.resolve()), path.stat().st_mtime_ns)
-        except OSError as exc:
-            raise RuntimeError(
-                f"FWorker env {JOBSTORE_ENV_KEY!r} names {path}, which cannot be read on this "
-                f"host ({exc.strerror})"
-            ) from None
-        store = _FILE_STORES.get(key)
-        if store is None:
-            store = JobStore.from_file(path)
-            _FILE_STORES[key] = store
-        store.connect()
-        return store
-    raise RuntimeError(
-        f"this FireWorks worker has no JobStore: its FWorker env lacks {JOBSTORE_ENV_KEY!r}. "
-        "Run ionflow fireworks with ResolvedDatabase.fworker() (in-process) or with "
-        "`rlaunch -w my_fworker.yaml` from ResolvedDatabase.write_worker_files()."
-    )
-
-
-@explicit_serialize
-class IonflowJobFiretask(JobFiretask):
-    """Run a jobflow job with the JobStore of the worker (FWorker env), not of the workflow.
-
-    Other Parameters
-    ----------------
-    job : Job
-        The job to run.
-    """
-
-    required_params = ("job",)
-
-    def run_task(self, fw_spec: dict[str, Any]) -> FWAction:
-        """Run the job; dynamic replacements/additions/detours use this firetask too."""
-        from jobflow import initialize_logger
-
-        store = worker_jobstore(fw_spec)
-        job: jobflow.Job = self.get("job")
-
-        fw_tags = fw_spec.get("tags", None)
-        if fw_tags is not None:
-            if "tags" in job.metadata:
-                if isinstance(job.metadata["tags"], list):
-                    job.metadata["tags"].extend(fw_tags)
-                else:
-                    job.metadata["tags"] = [job.metadata["tags"], *fw_tags]
-                job.metadata["tags"] = list(dict.fromkeys(job.metadata["tags"]))
-            else:
-                job.metadata.update({"tags": fw_tags})
-        if hasattr(self, "fw_id"):
-            job.metadata.update({"fw_id": self.fw_id})
-
-        initialize_logger()
-        # the lease (heartbeat + fencing, see ionflow.lease): a worker whose claim on this
-        # firework was taken over stops writing, and its output write is refused
-        from ionflow.lease import fenced_store, task_lease
-
-        lp = getattr(self, "launchpad", None)
-        try:
-            with (
-                task_lease(lp, getattr(self, "fw_id", None)) as lease,
-                fenced_store(store, lease),
-            ):
-                response = job.run(store=store)
-        except Exception as exc:
-            if lp is not None and connection_error(exc) is not None:
-                # The database is gone: FireWorks would now ping and complete the launch,
-                # waiting the client timeout for each. Closing the LaunchPad's client makes
-                # those fail at once; the worker stops with this error (see
-                # ionflow.dispatch.work_until_done) and the launch is recovered as lost.
-                with contextlib.suppress(Exception):
-                    lp.connection.close()
-            raise
-
-        detours = None
-        additions = None
-        if response.replace is not None:
-            detours = [flow_to_workflow(response.replace)]
-        if response.addition is not None:
-            additions = [flow_to_workflow(response.addition)]
-        if response.detour is not None:
-            detours = (detours or []) + [flow_to_workflow(response.detour)]
-
-        return FWAction(
-            stored_data=response.stored_data,
-            detours=detours,
-            additions=additions,
-            defuse_workflow=response.stop_jobflow,
-            defuse_children=response.stop_children,
-        )
-
-
-def job_to_firework(
-    job: jobflow.Job,
-    parents: Sequence[str] | None = None,
-    parent_mapping: dict[str, Firework] | None = None,
-    **kwargs: Any,
-) -> Firework:
-    """Convert a job to a Firework running :class:`IonflowJobFiretask` (no store embedded).
-
-    Same spec handling as :func:`jobflow.managers.fireworks.job_to_firework`:
-    ``job.config.manager_config`` and ``job.metadata`` are merged into the spec.
-    """
-    from jobflow.core.reference import OnMissing
-
-    if (parents is None) is not (parent_mapping is None):
-        raise ValueError("Both or neither of parents and parent_mapping must be set.")
-    task = IonflowJobFiretask(job=job)
-    job_parents = None
-    if parents is not None and parent_mapping is not None:
-        job_parents = [parent_mapping[parent] for parent in parents] if parents else None
-    spec: dict[str, Any] = {"_add_launchpad_and_fw_id": True}
-    if job.config.on_missing_references != OnMissing.ERROR:
-        spec["_allow_fizzled_parents"] = True
-    spec.update(job.config.manager_config)
-    spec.update(job.metadata)
-    fw = Firework([task], spec=spec, name=job.name, parents=job_parents, **kwargs)
-    if parent_mapping is not None:
-        parent_mapping[job.uuid] = fw
-    return fw
-
-
-def flow_to_workflow(
-    flow: jobflow.Flow | jobflow.Job | list[jobflow.Job],
-    allow_external_references: bool = False,
-    **kwargs: Any,
-) -> Workflow:
-    """Convert a flow to a FireWorks workflow whose documents hold no store or credentials.
-
-    Use this instead of :func:`jobflow.managers.fireworks.flow_to_workflow`; run the result
-    with :meth:`ResolvedDatabase.fworker` or the files of
-    :meth:`ResolvedDatabase.write_worker_files`.
-
-    Parameters
-    ----------
-    flow
-        A flow, a job or a list of jobs.
-    allow_external_references
-        Allow references to outputs of jobs outside the flow.
-    **kwargs
-        Passed to :class:`fireworks.Workflow` (e.g. ``metadata``; ``name`` defaults to the
-        flow name).
-    """
-    from jobflow.core.flow import get_flow
-
-    parent_mapping: dict[str, Firework] = {}
-    flow = get_flow(flow, allow_external_references=allow_external_references)
-    fireworks = [
-        job_to_firework(job, parents=parents, parent_mapping=parent_mapping)
-        for job, parents in flow.iterflow()
-    ]
-    return Workflow(fireworks, name=kwargs.pop("name", flow.name), **kwargs)
+        return IonflowJobFiretask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

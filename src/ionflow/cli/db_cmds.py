@@ -80,7 +80,9 @@ def _describe(data_dir: Path, pid: int, port: int) -> str:
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    return Path(data_dir or (Path.cwd() / "ionflow-data")).expanduser().resolve()
+    from ionflow.names import data_dir_path
+
+    return data_dir_path(data_dir)
 
 
 def _all_servers() -> list[tuple[Path, int, int | None]]:

@@ -3,13 +3,13 @@
 ``submit`` puts a campaign on the FireWorks LaunchPad and runs nothing; ``launch`` submits
 Slurm jobs per cluster profile (``slurm/profiles/<profile>``) through FireWorks' queue
 launcher; ``recover`` reruns fireworks whose worker is gone; ``hpc-status`` shows each
-material's jobs with a lost column and the queue jobs per profile. See :mod:`ionflow.hpc`
-and ``slurm/README.md``.
+material's jobs with a lost column and the queue jobs per profile. Each goes through the
+``"fireworks-slurm"`` backend (:mod:`ionflow.backends.fireworks_slurm`); see
+``slurm/README.md``.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -67,16 +67,17 @@ def _open(
     *,
     need_spec: bool = False,
 ):
-    """(spec or None, spec path or None, resolved database, absolute data dir)."""
-    from ionflow.dispatch import database_settings
-    from ionflow.hpc import launchpad_file_warning, spec_uri_warning
+    """(spec or None, spec path or None, resolved database, absolute data dir, settings)."""
+    from ionflow.backends.base import database_settings
+    from ionflow.backends.fireworks_slurm import launchpad_file_warning, spec_uri_warning
+    from ionflow.names import data_dir_path
     from ionflow.store import DatabaseSettings, resolve_database
 
     if spec_file is None and Path("workflows.yaml").is_file():
         spec_file = Path("workflows.yaml")
     if spec_file is None and need_spec:
         raise UserInputError("no campaign file given and no ./workflows.yaml here")
-    data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
+    data_dir = data_dir_path(data_dir)
     spec = None
     if spec_file is not None:
         from ionflow.spec import load_campaign
@@ -106,8 +107,8 @@ def submit_cmd(
     """Add the campaign to the FireWorks LaunchPad (idempotent); runs nothing."""
     from rich.console import Console
 
-    from ionflow.dispatch import run_campaign
-    from ionflow.hpc import launchpad_file_warning, spec_uri_warning
+    from ionflow.backends.base import run_campaign
+    from ionflow.backends.fireworks_slurm import launchpad_file_warning, spec_uri_warning
     from ionflow.spec import load_campaign
 
     spec, _ = load_campaign(spec_file)
@@ -126,6 +127,7 @@ def submit_cmd(
         submit_only=True,
         progress=False,
         echo=con.print,
+        backend="fireworks-slurm",
     )
     con.print(
         f"campaign {spec.campaign!r} is on the LaunchPad. Next: "
@@ -145,56 +147,21 @@ def _launch_round(
     do_recover: bool,
     echo,
 ) -> tuple[list, dict[str, int]]:
-    """One round: Slurm snapshot, recovery (if asked), submissions per profile.
+    """One round through the backend: Slurm snapshot, recovery (if asked), submissions per
+    profile. Returns the launch reports and, once the campaign is done, its state counts."""
+    from ionflow.backends import open_backend
 
-    Returns the launch reports and the campaign's firework state counts.
-    """
-    from collections import Counter
-
-    from ionflow.hpc import campaign_done, launch, recover, slurm_queue
-
-    queue = slurm_queue()
-    if queue is None:
-        _warn("squeue failed or is missing: cannot see the queue (is this a Slurm login node?)")
-    lp = db.launchpad()
-    lp.m_logger.setLevel(logging.WARNING)
-    try:
-        if do_recover and queue is not None and not dry_run:
-            rec = recover(db, campaign=campaign, queue_view=lambda: queue, lp=lp)
-            for run in rec.lost:
-                echo(
-                    f"lost: fw {run.fw_id} {run.name}: {run.reason} -> READY again",
-                    soft_wrap=True,
-                )
-        reports = []
-        for profile in profiles:
-            rep = launch(
-                db,
-                profile,
-                data_dir,
-                campaign=campaign,
-                max_jobs=max_jobs,
-                dry_run=dry_run,
-                queue=queue,
-                lp=lp,
-            )
-            reports.append(rep)
-            if rep.submitted:
-                echo(
-                    f"{profile.name}: submitted {len(rep.submitted)} job(s) "
-                    f"({', '.join(rep.submitted)}); {rep.ready} READY firework(s), "
-                    f"{rep.active_jobs} job(s) already queued/running",
-                    soft_wrap=True,
-                )
-            for err in rep.errors:
-                _warn(err)
-        states: dict[str, int] = {}
-        if campaign_done(lp, campaign):
-            q = {"spec.ionflow_campaign": campaign} if campaign else {}
-            states = dict(Counter(fw["state"] for fw in lp.fireworks.find(q, {"state": 1})))
-        return reports, states
-    finally:
-        lp.connection.close()
+    with open_backend("fireworks-slurm", db, data_dir=data_dir) as backend:
+        report = backend.run(
+            campaign,
+            profiles=profiles,
+            max_jobs=max_jobs,
+            dry_run=dry_run,
+            recover=do_recover,
+            echo=echo,
+            warn=_warn,
+        )
+    return report.launches, report.done or {}
 
 
 @app.command("launch")
@@ -233,7 +200,7 @@ def launch_cmd(
     from pymongo.errors import PyMongoError
     from rich.console import Console
 
-    from ionflow.hpc import load_profile
+    from ionflow.backends.fireworks_slurm import load_profile
 
     con = Console()
     profiles = [load_profile(p, profiles_dir) for p in profile]
@@ -308,12 +275,13 @@ def recover_cmd(
     """
     from rich.console import Console
 
-    from ionflow.hpc import recover
+    from ionflow.backends import open_backend
 
     con = Console()
-    spec, _, db, _, _ = _open(spec_file, data_dir, uri, launchpad)
+    spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad)
     campaign = spec.campaign if spec is not None else None
-    rep = recover(db, campaign=campaign, expiration_secs=expiration_secs, dry_run=dry_run)
+    with open_backend("fireworks-slurm", db, data_dir=data_dir) as backend:
+        rep = backend.recover(campaign, expiration_secs=expiration_secs, dry_run=dry_run)
     if not rep.slurm_available:
         _warn("squeue failed or is missing: only worker leases and FireWorks pings were checked")
     if not rep.lost:
@@ -359,12 +327,13 @@ def hpc_status_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from ionflow.hpc import campaign_overview
+    from ionflow.backends import open_backend
 
     con = Console()
-    spec, _, db, _, _ = _open(spec_file, data_dir, uri, launchpad, need_spec=True)
-    ov = campaign_overview(db, spec.campaign, expiration_secs=expiration_secs)
-    if not ov["materials"]:
+    spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad, need_spec=True)
+    with open_backend("fireworks-slurm", db, data_dir=data_dir) as backend:
+        status = backend.status(spec.campaign, expiration_secs=expiration_secs)
+    if not status.counts:
         con.print(f"campaign {spec.campaign}: nothing submitted yet ({db.description})")
         return
     cols = ("queued", "waiting", "running", "completed", "fizzled", "lost")
@@ -373,27 +342,27 @@ def hpc_status_cmd(
     for col in cols:
         tab.add_column(col, justify="right")
     total = {c: 0 for c in cols}
-    for mat, c in ov["materials"].items():
+    for mat, c in status.counts.items():
         tab.add_row(mat, *(str(c.get(col, 0)) for col in cols))
         for col in cols:
             total[col] += c.get(col, 0)
     tab.add_row("[bold]all[/]", *(f"[bold]{total[c]}[/]" for c in cols))
     con.print(tab)
-    if not ov["slurm_available"]:
+    if not status.queue_available:
         con.print(
             "Slurm: squeue unavailable (lost column from worker leases and FireWorks pings only)"
         )
-    elif ov["jobs"]:
+    elif status.queue_jobs:
         con.print(
             "Slurm jobs: "
             + "; ".join(
                 f"{prof}: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(c.items()))
-                for prof, c in sorted(ov["jobs"].items())
+                for prof, c in sorted(status.queue_jobs.items())
             )
         )
     else:
         con.print("Slurm jobs: none queued or running")
-    for run in ov["lost"]:
+    for run in status.lost:
         con.print(
             f"lost: fw {run.fw_id} {run.name}: {run.reason} (`ionflow recover`)",
             soft_wrap=True,

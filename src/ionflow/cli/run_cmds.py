@@ -144,7 +144,7 @@ def run_cmd(
     """Submit the campaign (idempotently) and run it here to completion; Ctrl-C is resumable."""
     from rich.console import Console
 
-    from ionflow.dispatch import print_failures, run_campaign, server_note
+    from ionflow.backends.base import print_failures, run_campaign, server_note
     from ionflow.errors import EXIT_ENVIRONMENT
     from ionflow.results import load_summaries
 
@@ -197,37 +197,30 @@ def status_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from ionflow.campaign import last_submission, stage_keys
-    from ionflow.dispatch import database_settings
+    from ionflow.backends import open_backend
+    from ionflow.backends.base import database_settings, print_failures, running_lines
+    from ionflow.campaign import stage_keys
+    from ionflow.names import data_dir_path
     from ionflow.spec import load_campaign
     from ionflow.store import resolve_database
 
     spec, materials = load_campaign(spec_file)
     plan_keys = {m.name: set(stage_keys(spec, m).values()) for m in materials}
-    data_dir = Path(data_dir or (Path.cwd() / "ionflow-data")).resolve()
+    data_dir = data_dir_path(data_dir)
     db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
-    lp = db.launchpad()
-    last = last_submission(lp, spec.campaign)
+    with open_backend("fireworks-local", db, data_dir=data_dir) as backend:
+        status = backend.status(spec.campaign)
+    last = status.last_submission
     stamp = last.get("submitted") if last else None
     tab = Table(title=f"campaign {spec.campaign}")
     for col in ("material", "job", "state", "fw_id", "last submit"):
         tab.add_column(col)
     n = n_old = 0
-    for fw in lp.fireworks.find(
-        {"spec.ionflow_campaign": spec.campaign},
-        {
-            "fw_id": 1,
-            "name": 1,
-            "state": 1,
-            "spec.ionflow_material": 1,
-            "spec.ionflow_submitted": 1,
-            "spec.ionflow_key": 1,
-        },
-    ).sort([("spec.ionflow_material", 1), ("fw_id", 1)]):
-        style = {"COMPLETED": "green", "FIZZLED": "red", "RUNNING": "yellow"}.get(fw["state"], "")
-        submitted = fw["spec"].get("ionflow_submitted")
-        material = fw["spec"].get("ionflow_material", "?")
-        key = str(fw["spec"].get("ionflow_key", "")).split(".")[0]
+    for job in status.jobs:
+        style = {"COMPLETED": "green", "FIZZLED": "red", "RUNNING": "yellow"}.get(job.state, "")
+        submitted = job.submitted
+        material = job.material
+        key = str(job.key or "").split(".")[0]
         if key and material in plan_keys and key not in plan_keys[material]:
             origin = "[dim]superseded[/]"  # e.g. the fit and summary before a T was added
             n_old += 1
@@ -237,9 +230,9 @@ def status_cmd(
             origin = "reused"
         tab.add_row(
             material,
-            fw["name"],
-            f"[{style}]{fw['state']}[/]" if style else fw["state"],
-            str(fw["fw_id"]),
+            job.name,
+            f"[{style}]{job.state}[/]" if style else job.state,
+            str(job.id),
             origin,
         )
         n += 1
@@ -270,8 +263,6 @@ def status_cmd(
                 con.print(f"  {name}: unchanged — all {d['n_reused']} job(s) reused")
             else:
                 con.print(f"  {name}: new")
-    from ionflow.dispatch import failed_jobs, print_failures, running_jobs
-
-    print_failures(con, failed_jobs(lp, spec.campaign))  # the real reason, one line each
-    for line in running_jobs(lp, spec.campaign):
+    print_failures(con, status.failures)  # the real reason, one line each
+    for line in running_lines(status.live, status.lost):
         con.print(line, markup=False, soft_wrap=True, highlight=False)
