@@ -1026,6 +1026,12 @@ def test_columns_cover_every_sort_field_and_indexed_field():
     columns = {*query_index.STRING_FIELDS, *query_index.NUMBER_FIELDS, *query_index.LIST_FIELDS}
     assert set(SORT_FIELDS) <= columns
     assert {k for keys, _ in INDEXES for k, _ in keys} <= columns
+    # the one declaration names real summary fields of the declared kind
+    kinds = {"string": str, "number": float, "list": list}
+    for f in query_index.QUERY_FIELDS:
+        assert f.name in MaterialSummary.model_fields, f.name
+        hint = str(MaterialSummary.model_fields[f.name].annotation)
+        assert kinds[f.kind].__name__ in hint or (f.kind == "number" and "int" in hint), (f, hint)
 
 
 def test_columnar_null_semantics_match_the_server():

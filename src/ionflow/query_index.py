@@ -9,7 +9,7 @@ version is current), evaluates the filter and the sort with numpy, and fetches o
 page of full documents by ``_id``. The result is the same as the server's — same filter
 semantics, same order, same tie-breaks (tested against the server path).
 
-Freshness. :func:`ionflow.summary.store_summary` (the only writer of summaries) increments
+Freshness. :func:`ionflow.results.store_summary` (the only writer of summaries) increments
 ``version`` in the ``state`` document after every write; the columns record the version
 they were built from. Columns of an older version are rebuilt by the next query (one
 projection of the flat fields: ≈ 1–2 s for 10,000 summaries on SecantusDB). Code that
@@ -34,8 +34,9 @@ from typing import Any
 
 import numpy as np
 
-#: Collection holding the ``state`` and ``columns`` documents.
-INDEX_COLLECTION = "summaries_query_index"
+from ionflow.names import QUERY_INDEX_COLLECTION as INDEX_COLLECTION
+
+# INDEX_COLLECTION ("summaries_query_index") holds the ``state`` and ``columns`` documents.
 STATE_ID = "state"
 COLUMNS_ID = "columns"
 #: Below this many summaries the server is fast enough; the columns are not used.
@@ -45,25 +46,50 @@ FORMAT = 1
 #: Documents fetched per ``_id $in`` query.
 _FETCH_CHUNK = 100
 
-STRING_FIELDS = (
-    "campaign",
-    "material",
-    "formula",
-    "chemsys",
-    "mobile_species",
-    "engine_md",
-    "pinned_verdict",
+
+@dataclass(frozen=True)
+class QueryField:
+    """A flat field of a summary document that queries filter (and maybe sort) on.
+
+    ``kind``: ``"string"``, ``"number"`` or ``"list"`` (of strings); ``sortable``: ``ionflow
+    query --sort`` accepts it; ``nullable``: documents may hold null (sorted last);
+    ``index``: direction of its single-field index on ``summaries`` (``None``: none).
+    """
+
+    name: str
+    kind: str
+    sortable: bool = True
+    nullable: bool = False
+    index: int | None = None
+
+
+#: The query fields of a summary (:class:`ionflow.summary.MaterialSummary`), declared once:
+#: the columns of this module, the sort fields (:data:`ionflow.results.SORT_FIELDS`, in this
+#: order) and the indexes (:data:`ionflow.results.INDEXES`) derive from it. ``campaign`` has
+#: no index of its own: the unique (campaign, material) index serves it by its prefix.
+#: (The CSV export's columns, :data:`ionflow.results.CSV_COLUMNS`, and the report's tables
+#: are other lists on purpose: every summary field flattened, and headings for people.)
+QUERY_FIELDS: tuple[QueryField, ...] = (
+    QueryField("sigma_300k_ms_cm", "number", nullable=True, index=-1),
+    QueryField("sigma_300k_low_ms_cm", "number", nullable=True),
+    QueryField("sigma_300k_high_ms_cm", "number", nullable=True),
+    QueryField("ea_ev", "number", nullable=True, index=1),
+    QueryField("ea_err_ev", "number", nullable=True),
+    QueryField("pinned_ea_ev", "number", nullable=True),
+    QueryField("material", "string", index=1),
+    QueryField("formula", "string", index=1),
+    QueryField("chemsys", "string", index=1),
+    QueryField("campaign", "string"),
+    QueryField("engine_md", "string", index=1),
+    QueryField("mobile_species", "string", index=1),
+    QueryField("n_atoms_supercell", "number"),
+    QueryField("pinned_verdict", "string", sortable=False, index=1),
+    QueryField("elements", "list", sortable=False, index=1),
+    QueryField("regimes", "list", sortable=False, index=1),
 )
-NUMBER_FIELDS = (
-    "sigma_300k_ms_cm",
-    "sigma_300k_low_ms_cm",
-    "sigma_300k_high_ms_cm",
-    "ea_ev",
-    "ea_err_ev",
-    "pinned_ea_ev",
-    "n_atoms_supercell",
-)
-LIST_FIELDS = ("elements", "regimes")
+STRING_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "string")
+NUMBER_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "number")
+LIST_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "list")
 
 _CACHE: dict[tuple, tuple[tuple, Columns]] = {}
 _CACHE_LOCK = threading.Lock()

@@ -283,6 +283,8 @@ def build_sections(
     return sections
 
 
+#: Headings of the report's summary table: for people, formatted cells (not the query
+#: fields of :data:`ionflow.query_index.QUERY_FIELDS` nor the CSV columns, on purpose).
 SUMMARY_COLUMNS = (
     "material",
     "formula",

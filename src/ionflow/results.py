@@ -44,6 +44,7 @@ from ionflow.names import (
     SUMMARY_COLLECTION,
     data_dir_path,
 )
+from ionflow.query_index import QUERY_FIELDS
 from ionflow.summary import SCHEMA_VERSION, MaterialSummary, VariantSummary
 
 if TYPE_CHECKING:
@@ -93,49 +94,20 @@ __all__ = [
 #: Major schema version this code reads (documents of another major version are refused).
 SUPPORTED_SCHEMA_MAJOR = int(SCHEMA_VERSION.split(".")[0])
 
-#: Indexes of the ``summaries`` collection: (keys, options). ``campaign`` alone is served
-#: by the prefix of the unique (campaign, material) index. SecantusDB has no text indexes:
-#: verdict searches are (anchored, where possible) regular expressions.
+#: Indexes of the ``summaries`` collection: (keys, options) — the unique (campaign, material)
+#: index and one per indexed query field (:data:`ionflow.query_index.QUERY_FIELDS`).
+#: ``campaign`` alone is served by the prefix of the unique index. SecantusDB has no text
+#: indexes: verdict searches are (anchored, where possible) regular expressions.
 INDEXES: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
     ([("campaign", 1), ("material", 1)], {"unique": True, "name": "campaign_material_unique"}),
-    ([("material", 1)], {}),
-    ([("formula", 1)], {}),
-    ([("chemsys", 1)], {}),
-    ([("elements", 1)], {}),
-    ([("mobile_species", 1)], {}),
-    ([("engine_md", 1)], {}),
-    ([("sigma_300k_ms_cm", -1)], {}),
-    ([("ea_ev", 1)], {}),
-    ([("regimes", 1)], {}),
-    ([("pinned_verdict", 1)], {}),
+    *(([(f.name, f.index)], {}) for f in QUERY_FIELDS if f.index is not None),
 ]
 
 #: Fields ``sort`` accepts (aliases in :data:`SORT_ALIASES`).
-SORT_FIELDS = (
-    "sigma_300k_ms_cm",
-    "sigma_300k_low_ms_cm",
-    "sigma_300k_high_ms_cm",
-    "ea_ev",
-    "ea_err_ev",
-    "pinned_ea_ev",
-    "material",
-    "formula",
-    "chemsys",
-    "campaign",
-    "engine_md",
-    "mobile_species",
-    "n_atoms_supercell",
-)
+SORT_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.sortable)
 SORT_ALIASES = {"sigma": "sigma_300k_ms_cm", "ea": "ea_ev", "engine": "engine_md"}
 #: Sort fields that may be null (such documents always come last, whatever the direction).
-_NULLABLE_SORT_FIELDS = {
-    "sigma_300k_ms_cm",
-    "sigma_300k_low_ms_cm",
-    "sigma_300k_high_ms_cm",
-    "ea_ev",
-    "ea_err_ev",
-    "pinned_ea_ev",
-}
+_NULLABLE_SORT_FIELDS = {f.name for f in QUERY_FIELDS if f.sortable and f.nullable}
 
 REGIMES = ("diffusive", "subdiffusive", "caged", "insufficient")
 
@@ -909,7 +881,9 @@ def regimes_text(summary: MaterialSummary) -> str:
 # ----------------------------------------------------------------------------- export
 
 
-#: Flat columns of :func:`summary_row` (CSV export and ``query --format csv``).
+#: Flat columns of :func:`summary_row` (CSV export and ``query --format csv``). Not the
+#: query fields (:data:`ionflow.query_index.QUERY_FIELDS`) on purpose: every summary value
+#: worth a column, derived ones included (σ only when Ea is resolved, verdict category...).
 CSV_COLUMNS = (
     "campaign",
     "material",
