@@ -39,7 +39,11 @@ from pydantic import ValidationError
 from ionflow.errors import UserInputError
 from ionflow.names import (
     CURRENT_COLLECTION,
+    META_CAMPAIGN,
     META_KEY,
+    META_MATERIAL,
+    META_TEMPERATURE_K,
+    META_VARIANT,
     OUTPUTS_COLLECTION,
     SUMMARY_COLLECTION,
     data_dir_path,
@@ -1040,8 +1044,8 @@ def _query_analyses(store, summary: MaterialSummary) -> list[RunAnalysis]:
     }
     criteria: dict[str, Any] = {
         "name": {"$regex": "^analysis "},
-        "metadata.ionflow_campaign": summary.campaign,
-        "metadata.ionflow_material": summary.material,
+        f"metadata.{META_CAMPAIGN}": summary.campaign,
+        f"metadata.{META_MATERIAL}": summary.material,
     }
     docs = list(
         store.query(
@@ -1053,8 +1057,8 @@ def _query_analyses(store, summary: MaterialSummary) -> list[RunAnalysis]:
 
     def key(d):
         out, meta = d.get("output") or {}, d.get("metadata") or {}
-        variant = out.get("variant") or meta.get("ionflow_variant")
-        t = out.get("temperature_k") or meta.get("ionflow_temperature_k")
+        variant = out.get("variant") or meta.get(META_VARIANT)
+        t = out.get("temperature_k") or meta.get(META_TEMPERATURE_K)
         if variant is None or t is None or not isinstance(out.get("analysis"), dict):
             return None
         return (str(variant), float(t))
@@ -1152,8 +1156,8 @@ def find_md_output(
         No such run; the message lists the runs stored for the material.
     """
     base = {
-        "metadata.ionflow_campaign": campaign,
-        "metadata.ionflow_material": material,
+        f"metadata.{META_CAMPAIGN}": campaign,
+        f"metadata.{META_MATERIAL}": material,
         "output.trajectory": {"$exists": True},
     }
     others: list[dict] = []
@@ -1164,8 +1168,8 @@ def find_md_output(
             coll.find(
                 {
                     **base,
-                    "metadata.ionflow_variant": variant,
-                    "metadata.ionflow_temperature_k": float(temperature_k),
+                    f"metadata.{META_VARIANT}": variant,
+                    f"metadata.{META_TEMPERATURE_K}": float(temperature_k),
                 },
                 proj,
             )
@@ -1174,7 +1178,7 @@ def find_md_output(
             others = list(
                 coll.find(
                     base,
-                    {"_id": 0, "metadata.ionflow_variant": 1, "metadata.ionflow_temperature_k": 1},
+                    {"_id": 0, f"metadata.{META_VARIANT}": 1, f"metadata.{META_TEMPERATURE_K}": 1},
                 )
             )
         sha = None
@@ -1192,7 +1196,7 @@ def find_md_output(
         return _latest_per_key(docs, lambda d: 0)[0]["output"]
     runs = sorted(
         {
-            (m.get("ionflow_variant", "?"), float(m.get("ionflow_temperature_k") or 0))
+            (m.get(META_VARIANT, "?"), float(m.get(META_TEMPERATURE_K) or 0))
             for m in (d.get("metadata") or {} for d in others)
         }
     )

@@ -88,7 +88,7 @@ from ionflow.backends.fireworks_local import FireWorksLocal
 from ionflow.backends.fw_tasks import open_launchpad
 from ionflow.backends.lease import LostRun
 from ionflow.errors import UserInputError
-from ionflow.names import LEASE_FIELD, LOST_RUN_FIELD, META_CAMPAIGN, META_MATERIAL
+from ionflow.names import LEASE_FIELD, META_CAMPAIGN, META_MATERIAL
 from ionflow.names import QUEUE_JOBS_COLLECTION as JOBS_COLLECTION
 
 if TYPE_CHECKING:
@@ -832,8 +832,6 @@ def recover(
 
 
 def _recover(lp, campaign, expiration_secs, dry_run, queue_view) -> RecoveryReport:
-    from fireworks import FWAction
-
     cq = _campaign_query(campaign)
     report = RecoveryReport(dry_run=dry_run)
     # 1. RUNNING/RESERVED fireworks and their last launch -- before the Slurm snapshot
@@ -954,20 +952,16 @@ def _recover(lp, campaign, expiration_secs, dry_run, queue_view) -> RecoveryRepo
     report.lost = sorted(candidates.values(), key=lambda r: r.fw_id)
     if dry_run:
         return report
+    from ionflow.backends.lease import reset_lost_runs
+
+    to_rerun = []
     for run in report.lost:
         if before[run.fw_id]["state"] == "RESERVED" and run.launch_id is not None:
             lp.cancel_reservation(run.launch_id)  # back to READY
             report.unreserved.append(run.fw_id)
-            continue
-        lp.rerun_fw(run.fw_id)
-        report.rerun.append(run.fw_id)
-        if run.launch_id is not None:  # archived by the rerun: close it with the reason
-            with contextlib.suppress(Exception):
-                lp.complete_launch(
-                    run.launch_id,
-                    FWAction(stored_data={LOST_RUN_FIELD: run.reason}),
-                    state="FIZZLED",
-                )
+        else:
+            to_rerun.append(run)
+    report.rerun = reset_lost_runs(lp, to_rerun, states=("RUNNING", "RESERVED"))
     return report
 
 

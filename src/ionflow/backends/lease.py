@@ -488,18 +488,20 @@ def find_lost_runs(
     return lost, live
 
 
-def reset_lost_runs(lp: LaunchPad, lost: list[LostRun]) -> list[int]:
+def reset_lost_runs(
+    lp: LaunchPad, lost: list[LostRun], *, states: tuple[str, ...] = ("RUNNING",)
+) -> list[int]:
     """Rerun lost fireworks (READY again) and close their launches as FIZZLED with the reason.
 
-    A firework that moved on since it was found (completed, or checked out again) is skipped.
-    Returns the fw ids that were reset.
+    A firework that moved on since it was found (no longer in one of ``states``, completed,
+    or checked out again) is skipped. Returns the fw ids that were reset.
     """
     from fireworks import FWAction
 
     done: list[int] = []
     for run in lost:
         fw = lp.fireworks.find_one({"fw_id": run.fw_id}, {"state": 1, "launches": 1})
-        if fw is None or fw.get("state") != "RUNNING":
+        if fw is None or fw.get("state") not in states:
             continue
         if (fw.get("launches") or [None])[-1] != run.launch_id:
             continue
