@@ -1,6 +1,7 @@
 """Slurm durations (``--time``, ``squeue %L`` / ``%l``) in seconds: one parser.
 
-Used by the Slurm backend (profile walltimes, :func:`ionflow.hpc.parse_walltime`) and by
+Used by the Slurm backend (profile walltimes,
+:func:`ionflow.backends.fireworks_slurm.parse_walltime`) and by
 the VASP jobs (time left in the allocation, :func:`ionflow.vasp.parse_slurm_duration`),
 each with its own contract on top (numbers as minutes / unparsable text as unknown).
 Standard library only.

@@ -163,7 +163,7 @@ def put_npz(store, npz_path: Path, metadata: dict, guard=None) -> TrajectoryRef:
     A stored trajectory *replaces*: once the new file is complete, earlier files of the same
     job (``metadata["job_uuid"]``; else of the same ``metadata["workdir"]``) are deleted, so
     a rerun or a duplicate run never leaves an orphan file. ``guard`` (the fencing of
-    :mod:`ionflow.lease`) is called before the upload and again before the older files are
+    :mod:`ionflow.backends.lease`) is called before the upload and again before the older files are
     deleted; when it raises after the upload, the new file is deleted again.
     """
     from ionflow.analysis.readers import open_trajectory
