@@ -264,8 +264,9 @@ def open_database(
 
 
 def _local_server_uri(data_dir: Path) -> tuple[str, str] | None:
-    """(uri, description) of the live embedded server of ``data_dir``, without importing
-    :mod:`ionflow.store` (FireWorks/jobflow take seconds to import); None if not running."""
+    """(uri, description) of the live embedded server of ``data_dir``, read from its
+    ``server.json`` without :mod:`ionflow.store`'s server manager (no lock, no start, no
+    settings); None if not running."""
     import socket
 
     import psutil
@@ -302,8 +303,9 @@ def open_query_database(
     """Open the JobStore database for summary queries: ``(Database, description, client)``.
 
     Like :func:`open_database`, but connects straight to a ``uri`` or to the data
-    directory's running embedded server without importing :mod:`ionflow.store` (which
-    costs ~2.5 s of FireWorks/jobflow imports per command); a stopped server or a
+    directory's running embedded server without :mod:`ionflow.store`'s resolution (it
+    imported FireWorks/jobflow until the backends moved out; it still pings and locks); a
+    stopped server or a
     ``launchpad`` file go through :func:`open_database`. The caller closes ``client``.
 
     Raises
