@@ -780,3 +780,20 @@ def test_symlink_loop_campaign_for_every_command(work, capsys, argv):
     code, _, err = run([argv[0], "a.yaml", *argv[1:]], capsys)
     one_line(code, err, "a.yaml", "symbolic link loop")
     assert _files(root) == before
+
+
+def test_run_summary_table_shows_database_text_literally():
+    """`ionflow run`'s closing table and notes read summaries back: never markup."""
+    from rich.console import Console
+
+    from ionflow.cli.run_cmds import print_summaries
+
+    h = _results_helpers()
+    summary, _ = h.build_material(h.SPECS[0])
+    bad = summary.model_copy(update=HOSTILE_TEXT).model_dump(mode="json")
+    bad["free"]["runs"][0]["regime"] = "[red]diffusive"
+    con = Console(record=True, width=400, force_terminal=False)
+    print_summaries(con, [bad])  # a markup error would raise here
+    text = con.export_text()
+    assert "[/]Li[red]3N" in text and "[red]diffusive" in text
+    assert "\x1b[2J" not in text and "\\x1b[2J" in text

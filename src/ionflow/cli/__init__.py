@@ -35,6 +35,16 @@ def _register() -> None:
     from ionflow.cli import analysis_cmds, run_cmds  # noqa: F401
 
 
+def text_cell(value, limit: int = 500):
+    """Text read back from the database for a Rich table or line: a ``rich.text.Text``
+    (never interpreted as markup), control characters escaped, bounded in length."""
+    from rich.text import Text
+
+    from ionflow.errors import printable
+
+    return Text(printable("" if value is None else str(value), limit))
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """Warnings as ``warning: text`` (no source file, line number or Python source line)."""
     text = " ".join(str(message).split())

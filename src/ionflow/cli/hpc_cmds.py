@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ionflow.cli import app
+from ionflow.cli import app, text_cell
 from ionflow.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -343,7 +343,7 @@ def hpc_status_cmd(
         tab.add_column(col, justify="right")
     total = {c: 0 for c in cols}
     for mat, c in status.counts.items():
-        tab.add_row(mat, *(str(c.get(col, 0)) for col in cols))
+        tab.add_row(text_cell(mat), *(str(c.get(col, 0)) for col in cols))
         for col in cols:
             total[col] += c.get(col, 0)
     tab.add_row("[bold]all[/]", *(f"[bold]{total[c]}[/]" for c in cols))

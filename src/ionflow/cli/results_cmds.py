@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ionflow.cli import app
+from ionflow.cli import app, text_cell
 from ionflow.errors import UserInputError, printable
 from ionflow.uris import check_mongo_uri
 
@@ -137,13 +137,6 @@ def _sigma_text(s) -> str:
     return text
 
 
-def _cell(value):
-    """A table cell of text read back from the database (a Rich Text: never markup)."""
-    from rich.text import Text
-
-    return Text(printable("" if value is None else str(value), 500))
-
-
 def results_table(summaries, title: str):
     """Rich table of query results (one row per material)."""
     from rich.table import Table
@@ -168,9 +161,9 @@ def results_table(summaries, title: str):
         # text read back from the database: Text, never Rich markup ("[/]" would crash,
         # "[red]" would restyle), control characters escaped
         tab.add_row(
-            *(_cell(x) for x in (s.material, s.formula, s.campaign, s.engine_md)),
+            *(text_cell(x) for x in (s.material, s.formula, s.campaign, s.engine_md)),
             _fmt_pm(s.ea_ev, s.ea_err_ev, ".3f"),
-            *(_cell(x) for x in (_sigma_text(s), regimes_text(s), s.pinned_verdict)),
+            *(text_cell(x) for x in (_sigma_text(s), regimes_text(s), s.pinned_verdict)),
         )
     return tab
 

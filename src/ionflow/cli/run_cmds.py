@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ionflow.cli import app
+from ionflow.cli import app, text_cell
 
 DataDirOpt = Annotated[
     Path | None, typer.Option(help="Project data directory (embedded database, MD runs)")
@@ -105,10 +105,10 @@ def summary_table(summaries: list[dict]):
                         f"{r['regime_reason']}"
                     )
                 tab.add_row(
-                    s["material"] if first and key == "free" else "",
+                    text_cell(s["material"] if first and key == "free" else ""),
                     key if first else "",
                     f"{r['temperature_k']:g}",
-                    r["regime"],
+                    text_cell(r["regime"]),
                     _fmt_pm(r.get("diffusivity_cm2_s"), r.get("diffusivity_err_cm2_s")),
                     _fmt_charge(r),
                     _fmt_pm(r.get("conductivity_ms_cm"), r.get("conductivity_err_ms_cm")),
@@ -130,7 +130,7 @@ def print_summaries(con, summaries: list[dict]) -> None:
     tab, notes = summary_table(summaries)
     con.print(tab)
     for n in notes:
-        con.print(f"• {n}")
+        con.print(text_cell("• " + n, 2000))  # database text: never markup
 
 
 @app.command("run")
@@ -222,19 +222,17 @@ def status_cmd(
         material = job.material
         key = str(job.key or "").split(".")[0]
         if key and material in plan_keys and key not in plan_keys[material]:
-            origin = "[dim]superseded[/]"  # e.g. the fit and summary before a T was added
+            origin = text_cell("superseded")  # e.g. the fit and summary before a T was added
+            origin.stylize("dim")
             n_old += 1
         elif stamp is not None and submitted == stamp:
             origin = "added"
         else:
             origin = "reused"
-        tab.add_row(
-            material,
-            job.name,
-            f"[{style}]{job.state}[/]" if style else job.state,
-            str(job.id),
-            origin,
-        )
+        state = text_cell(job.state)
+        if style:
+            state.stylize(style)
+        tab.add_row(text_cell(material), text_cell(job.name), state, str(job.id), origin)
         n += 1
     con = Console()
     if n == 0:
@@ -255,14 +253,15 @@ def status_cmd(
             )
         for name, d in sorted(last.get("materials", {}).items()):
             if d.get("mode") == "extended":
-                con.print(
+                line = (
                     f"  {name}: extended — added {', '.join(d['added'])}; reused "
                     f"{', '.join(d.get('reused', []))}"
                 )
             elif d.get("mode") == "unchanged":
-                con.print(f"  {name}: unchanged — all {d['n_reused']} job(s) reused")
+                line = f"  {name}: unchanged — all {d['n_reused']} job(s) reused"
             else:
-                con.print(f"  {name}: new")
+                line = f"  {name}: new"
+            con.print(text_cell(line, 4000), soft_wrap=True)
     print_failures(con, status.failures)  # the real reason, one line each
     for line in running_lines(status.live, status.lost):
         con.print(line, markup=False, soft_wrap=True, highlight=False)
