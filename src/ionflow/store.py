@@ -79,12 +79,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from ionflow.errors import EnvironmentFailure, UserInputError
-from ionflow.names import (
-    BLOBS_COLLECTION,
-    DEFAULT_DATA_DIR,
-    JOBSTORE_ENV_KEY,
-    OUTPUTS_COLLECTION,
-)
+from ionflow.names import BLOBS_COLLECTION, DEFAULT_DATA_DIR, OUTPUTS_COLLECTION
 from ionflow.uris import check_mongo_uri, redact_uri
 from ionflow.uris import uri_secrets as _uri_secrets
 
@@ -96,9 +91,6 @@ if TYPE_CHECKING:
     from fireworks import FWorker, LaunchPad
 
 __all__ = [
-    "BLOBS_COLLECTION",
-    "JOBSTORE_ENV_KEY",
-    "OUTPUTS_COLLECTION",
     "DatabaseSettings",
     "LocalServer",
     "ResolvedDatabase",
@@ -106,7 +98,7 @@ __all__ = [
     "resolve_database",
 ]
 
-# JOBSTORE_ENV_KEY, OUTPUTS_COLLECTION and BLOBS_COLLECTION: see ionflow.names.
+# The JobStore's collection names (OUTPUTS_COLLECTION, BLOBS_COLLECTION): see ionflow.names.
 
 _SERVER_EXECUTABLE = "secantusd-py"
 _LOCAL_HOST = "127.0.0.1"

@@ -154,25 +154,11 @@ log = logging.getLogger(__name__)
 
 
 def parse_walltime(value: str | int | float | None) -> int | None:
-    """Seconds of a Slurm time limit.
+    """Seconds of a Slurm time limit (``None``: no limit); raises ``ValueError`` if ``value``
+    is not one.
 
-    Parameters
-    ----------
-    value
-        ``"minutes"``, ``"MM:SS"``, ``"HH:MM:SS"``, ``"D-HH"``, ``"D-HH:MM"``,
-        ``"D-HH:MM:SS"`` (Slurm's ``--time`` formats, :func:`ionflow.slurm_time.slurm_seconds`),
-        or a number of minutes; ``None``, ``""``, ``"UNLIMITED"`` and ``"INFINITE"`` mean no
-        limit.
-
-    Returns
-    -------
-    int or None
-        Seconds, or ``None`` for no limit.
-
-    Raises
-    ------
-    ValueError
-        If ``value`` is not a Slurm time.
+    ``value`` is a Slurm ``--time`` text (:func:`ionflow.slurm_time.slurm_seconds`), a
+    number of minutes, or ``None``.
     """
     from ionflow.slurm_time import slurm_seconds
 
