@@ -52,10 +52,12 @@ class AnalysisMaker(Maker):
         md = MDOutput.model_validate(md_output)
 
         runners = [Diffusion(fit=self.fit)]
-        runners += [get_analysis(n)() for n in self.analyses if n != "diffusion"]
+        runners += [_Guarded(get_analysis(n)()) for n in self.analyses if n != "diffusion"]
         pymatgen = self.fit == "pymatgen"
         ref = "framework" if (pymatgen or self.drift_reference == "all") else self.drift_reference
         store = getattr(CURRENT_JOB, "store", None)
+        uuid = CURRENT_JOB.job.uuid if CURRENT_JOB.job else None
+        density_file = None
         with tempfile.TemporaryDirectory() as tmp:
             path = fetch_npz(md.trajectory, Path(tmp) / "production.npz", store)
             results = analyze_trajectory(
@@ -66,25 +68,88 @@ class AnalysisMaker(Maker):
                 mass_weighted=not pymatgen,
                 require_temperature=True,
             )
+            density = next((r for r in runners[1:] if r.name == "density"), None)
+            if density is not None and density.error is None:
+                density_file = _store_density(density.inner, md, uuid, store, Path(tmp))
         res = results["diffusion"]
         res.source = md.label
-        others = {
-            r.name: {
-                "schema_version": r.schema_version,
-                "result": results[r.name].model_dump(mode="json"),
-            }
-            for r in runners[1:]
-        }
+        others = {r.name: r.entry(results.get(r.name)) for r in runners[1:]}
         return AnalysisOutput(
             material=md.material,
             variant=md.variant,
             temperature_k=md.temperature_k,
-            analysis_uuid=CURRENT_JOB.job.uuid if CURRENT_JOB.job else None,
+            analysis_uuid=uuid,
             # which MD run this is (find_md_output matches the current summary's runs by it)
             trajectory_sha256=md.trajectory.sha256,
             analysis=res.model_dump(mode="json"),
             results=others or None,
+            density_file=density_file,
         ).to_output()
+
+
+class _Guarded:
+    """An optional analysis of the campaign's pass: its failure (too few frames, no sites,
+    …) is recorded as ``results[kind] = {schema_version, error}`` instead of losing the
+    run's diffusion result; the other analyses go on."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.needs_velocities = getattr(inner, "needs_velocities", False)
+        self.error: str | None = None
+
+    def _call(self, method: str, *args):
+        if self.error is not None:
+            return None
+        try:
+            return getattr(self.inner, method)(*args)
+        except Exception as exc:  # noqa: BLE001 — stored as the kind's error, run goes on
+            self.error = f"{type(exc).__name__}: {exc}"[:500]
+            return None
+
+    def prepare(self, ctx, unwrapper) -> None:
+        self._call("prepare", ctx, unwrapper)
+
+    def accumulate(self, chunk) -> None:
+        self._call("accumulate", chunk)
+
+    def conclude(self):
+        return self._call("conclude")
+
+    def entry(self, result) -> dict:
+        version = self.inner.schema_version
+        if self.error is not None or result is None:
+            return {"schema_version": version, "error": self.error or "no result"}
+        return {"schema_version": version, "result": result.model_dump(mode="json")}
+
+
+def _store_density(density, md, uuid: str | None, store, tmp: Path) -> dict | None:
+    """Write the run's density CHGCAR (next to the MD run when its directory is here, else
+    in ``tmp``) and put it into the GridFS bucket ``densities``; the reference, or None when
+    it cannot be written."""
+    from ionflow.names import DENSITY_BUCKET, META_JOB_UUID
+    from ionflow.trajectories import put_file
+
+    name = f"{md.material}_{md.variant}_{md.temperature_k:g}K_{density.ctx.mobile_species}.CHGCAR"
+    workdir = Path(md.workdir) if md.workdir else None
+    folder = workdir if workdir is not None and workdir.is_dir() else tmp
+    try:
+        path = density.write(folder / name)
+    except OSError:
+        path = density.write(tmp / name)
+    meta = {
+        "job_uuid": uuid,
+        META_JOB_UUID: uuid,
+        "campaign": md.campaign,
+        "material": md.material,
+        "variant": md.variant,
+        "temperature_k": md.temperature_k,
+        "kind": "density",
+    }
+    ref = put_file(store, path, meta, DENSITY_BUCKET)
+    if path.parent == tmp:
+        ref.local_path = None  # the temporary copy is gone after the job
+    return ref.model_dump(mode="json")
 
 
 @dataclass
@@ -99,11 +164,17 @@ class ArrheniusMaker(Maker):
     def make(self, analyses: list[dict]):
         """Output: a :class:`~ionflow.summary.VariantSummary` document."""
         from ionflow.outputs import AnalysisOutput
-        from ionflow.summary import variant_summary
+        from ionflow.summary import mechanism_fields, variant_summary
 
         outs = [AnalysisOutput.model_validate(d) for d in analyses]
         parsed = [o.diffusion() for o in outs]
-        ids = [{"analysis_uuid": o.analysis_uuid} for o in outs]
+        ids = [
+            {
+                "analysis_uuid": o.analysis_uuid,
+                **mechanism_fields(o.parsed_results(), o.result_errors(), o.density_file),
+            }
+            for o in outs
+        ]
         return variant_summary(self.variant, parsed, ids, self.at_temperature_k).model_dump(
             mode="json"
         )

@@ -75,6 +75,11 @@ class MaterialSpec:
     engine: str = "chgnet"
     pinned_reason: str = "4 PS4 anions pinned (bonded polyanions)"
     seed: int = 0
+    # mechanism evidence (summary 1.2): free-run τ2 of PS4 (None: no groups; pinned runs do
+    # not reorient), percolation dimension of every run, isolated-anion fraction
+    tau_p2_ps: float | None = None
+    percolation_dim: int | None = None
+    isolated_fraction: float | None = None
 
 
 def _rate(spec: MaterialSpec, t: float) -> float:
@@ -162,7 +167,16 @@ def build_material(spec: MaterialSpec) -> tuple[MaterialSummary, tuple[dict, ...
                 uuid.uuid5(uuid.NAMESPACE_URL, f"{spec.campaign}/{spec.material}/{variant}/{t}")
             )
             analyses.append(a)
-            ids.append({"analysis_uuid": job_uuid, "md_uuid": None})
+            mech: dict = {"percolation_dimension": spec.percolation_dim}
+            if spec.tau_p2_ps is not None:
+                free_run = variant == "free"
+                mech.update(
+                    rotating_group="PS4",
+                    tau_p2_ps=spec.tau_p2_ps if free_run else None,
+                    tau_p2_reason=None if free_run else "no reorientation within the run",
+                    p2_at_max_lag=0.05 if free_run else 0.99,
+                )
+            ids.append({"analysis_uuid": job_uuid, "md_uuid": None, **mech})
             outputs.append(
                 {
                     "uuid": job_uuid,
@@ -203,6 +217,9 @@ def build_material(spec: MaterialSpec) -> tuple[MaterialSummary, tuple[dict, ...
             "anion_summary": f"{n_pinned} bonded anions",
             "pinned_indices": list(range(n_pinned)),
             "pinned_reason": spec.pinned_reason,
+            "anion_descriptors": None
+            if spec.isolated_fraction is None
+            else {"isolated_fraction": spec.isolated_fraction, "groups": {}, "anions": []},
         },
         free=vsum["free"],
         pinned=vsum.get("pinned"),
@@ -215,13 +232,16 @@ def build_material(spec: MaterialSpec) -> tuple[MaterialSummary, tuple[dict, ...
 #: pinned control, pinning with and without effect, an Ea not resolved from zero (σ(300 K)
 #: not quoted), two campaigns and two engines.
 SPECS = (
-    MaterialSpec("alpha", "LPS-beta", "Li3PS4", ea_ev=0.22, seed=1),
+    MaterialSpec("alpha", "LPS-beta", "Li3PS4", ea_ev=0.22, seed=1, tau_p2_ps=1.3,
+                 percolation_dim=3, isolated_fraction=0.0),
     # 32 ions over 300 ps: relative errors ≈ 0.07 ≪ 0.146, "no significant change" established
     MaterialSpec("alpha", "LGPS", "Li10GeP2S12", ea_ev=0.18, rate_1000k_per_ps=5.0, seed=2,
-                 pinned_factor=1.0, n_mobile=32, n_frames=3000, frame_fs=100.0),
+                 pinned_factor=1.0, n_mobile=32, n_frames=3000, frame_fs=100.0, tau_p2_ps=1.0,
+                 percolation_dim=3, isolated_fraction=0.0),
     MaterialSpec("alpha", "LLZO", "Li7La3Zr2O12", ea_ev=0.45, pinned_factor=None, seed=3,
                  pinned_reason="no bonded polyanions (oxide framework)"),
-    MaterialSpec("alpha", "Li6PS5Cl", "Li6PS5Cl", ea_ev=0.28, caged_k=(600.0,), seed=4),
+    MaterialSpec("alpha", "Li6PS5Cl", "Li6PS5Cl", ea_ev=0.28, caged_k=(600.0,), seed=4,
+                 tau_p2_ps=2.0, percolation_dim=3, isolated_fraction=1 / 3),
     MaterialSpec("beta", "LPS-beta", "Li3PS4", ea_ev=0.30, engine="mace", seed=5),
     MaterialSpec("beta", "Li3PO4", "Li3PO4", ea_ev=0.45, rate_1000k_per_ps=1.5, engine="mace",
                  caged_k=(600.0, 800.0, 1000.0), seed=6, pinned_factor=1.0),
@@ -231,7 +251,7 @@ SPECS = (
     # a tiny Ea over a narrow range: Ea not resolved, σ(300 K) extrapolated but not quoted
     MaterialSpec("beta", "Li3InCl6", "Li3InCl6", ea_ev=0.02, temperatures_k=(900.0, 950.0, 1000.0),
                  pinned_factor=None, pinned_reason="no bonded polyanions (halide framework)",
-                 seed=8),
+                 seed=8, percolation_dim=1, isolated_fraction=1.0),
     # the 600 K free run is subdiffusive: left out of the fit, listed with its reason
     MaterialSpec("alpha", "Li3YCl6", "Li3YCl6", ea_ev=0.35, subdiffusive_k=(600.0,),
                  pinned_factor=None, pinned_reason="no bonded polyanions (halide framework)",
@@ -294,6 +314,20 @@ def field_value(s, field: str):
 
 
 # ----------------------------------------------------------------------------- the data
+
+
+def test_synthetic_mechanism_fields():
+    """The mechanism flags of the synthetic set follow the summary's rule: PS4 reorient in
+    the free runs and pinning lowers D → rotation-coupled; pinning without effect → not."""
+    by = {(s.campaign, s.material): s for s, _ in all_materials()}
+    lps, lgps = by[("alpha", "LPS-beta")], by[("alpha", "LGPS")]
+    assert lps.rotation_coupled is True and lps.rotation_frozen_by_pinning is True
+    assert lps.mechanism_verdict.startswith("PS4 reorient with τ2 = 1.3 ps")
+    assert lps.mechanism_verdict.endswith("rotation-coupled")
+    assert lgps.rotation_coupled is False and "rotation not required" in lgps.mechanism_verdict
+    assert by[("alpha", "LLZO")].rotation_coupled is None
+    assert by[("beta", "Li3InCl6")].isolated_fraction == 1.0
+    assert by[("beta", "Li3InCl6")].percolation_dimension == 1
 
 
 def test_synthetic_materials_are_realistic():
@@ -447,6 +481,10 @@ TRUTH_CASES = [
     ({"pinned_verdict": "none"}, lambda s: s.pinned_verdict.startswith("no pinned control")),
     ({"pinned_verdict": "inconclusive"}, lambda s: s.pinned_verdict.startswith("inconclusive")),
     ({"pinned_verdict": "OXIDE"}, lambda s: "oxide" in s.pinned_verdict.lower()),
+    ({"isolated_fraction_min": 0.3}, lambda s: (s.isolated_fraction or -1) >= 0.3),
+    ({"percolation_dimension": 3}, lambda s: s.percolation_dimension == 3),
+    ({"rotation_coupled": True}, lambda s: s.rotation_coupled is True),
+    ({"rotation_coupled": False}, lambda s: s.rotation_coupled is False),
     ({"campaign": "alpha", "elements": "S", "regime": "diffusive"},
      lambda s: s.campaign == "alpha" and "S" in s.elements and "diffusive" in s.regimes),
 ]  # fmt: skip
@@ -562,7 +600,7 @@ def test_schema_1_0_documents_still_parse():
     from ionflow.results import sigma_300k_quoted, summary_row
     from ionflow.summary import SCHEMA_VERSION
 
-    assert SCHEMA_VERSION == "1.1"
+    assert SCHEMA_VERSION == "1.2"
     by = {(s.campaign, s.material): s for s, _ in all_materials()}
     db = mongomock.MongoClient()["ionflow"]
     for key in (("alpha", "LPS-beta"), ("beta", "Li3InCl6")):
@@ -1023,11 +1061,16 @@ def test_columns_cover_every_sort_field_and_indexed_field():
     from ionflow import query_index
     from ionflow.results import INDEXES, SORT_FIELDS
 
-    columns = {*query_index.STRING_FIELDS, *query_index.NUMBER_FIELDS, *query_index.LIST_FIELDS}
+    columns = {
+        *query_index.STRING_FIELDS,
+        *query_index.NUMBER_FIELDS,
+        *query_index.BOOL_FIELDS,
+        *query_index.LIST_FIELDS,
+    }
     assert set(SORT_FIELDS) <= columns
     assert {k for keys, _ in INDEXES for k, _ in keys} <= columns
     # the one declaration names real summary fields of the declared kind
-    kinds = {"string": str, "number": float, "list": list}
+    kinds = {"string": str, "number": float, "list": list, "bool": bool}
     for f in query_index.QUERY_FIELDS:
         assert f.name in MaterialSummary.model_fields, f.name
         hint = str(MaterialSummary.model_fields[f.name].annotation)

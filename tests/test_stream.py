@@ -107,8 +107,10 @@ def test_spec_analyses_are_registered_names_and_default_keys_do_not_move(tmp_pat
     from ionflow.spec import load_campaign
 
     spec0, (m0,) = load_campaign(_campaign_spec(tmp_path))
-    assert spec0.analysis.analyses == ["diffusion"]
-    spec1, (m1,) = load_campaign(_campaign_spec(tmp_path, "analysis: {analyses: [diffusion]}\n"))
+    assert spec0.analysis.analyses == ["diffusion", "rotation", "vdos", "density", "jumps"]
+    spec1, (m1,) = load_campaign(
+        _campaign_spec(tmp_path, "analysis: {analyses: [jumps, density, vdos, rotation]}\n")
+    )
     assert stage_keys(spec0, m0) == stage_keys(spec1, m1)  # the explicit default is the default
     spec2, (m2,) = load_campaign(
         _campaign_spec(tmp_path, "analysis: {analyses: [Framework-MSD]}\n")
@@ -117,6 +119,30 @@ def test_spec_analyses_are_registered_names_and_default_keys_do_not_move(tmp_pat
     k0, k2 = stage_keys(spec0, m0), stage_keys(spec2, m2)
     changed = {k[0] for k in k0 if k0[k] != k2[k]}
     assert changed == {"analysis", "arrhenius", "summary"}  # MD is reused
+
+
+def test_per_material_analyses_merge_over_the_campaign(tmp_path) -> None:
+    """``materials[i].analysis`` overrides the campaign's key by key; only that material's
+    analysis keys move."""
+    from ionflow.campaign import stage_keys
+    from ionflow.spec import load_campaign
+
+    path = _campaign_spec(tmp_path, "analysis: {drift_reference: framework}\n")
+    text = path.read_text().replace(
+        "Li3N.cif'}}", "Li3N.cif'}, analysis: {analyses: [diffusion, vdos]}}"
+    )
+    text = text.replace("Li3N.cif}", "Li3N.cif, analysis: {analyses: [diffusion, vdos]}}")
+    path.write_text(text)
+    spec, (mat,) = load_campaign(path)
+    assert mat.analysis is not None
+    assert mat.analysis.analyses == ["diffusion", "vdos"]
+    assert mat.analysis.drift_reference == "framework"  # the campaign's, kept
+    spec0, (m0,) = load_campaign(
+        _campaign_spec(tmp_path, "analysis: {drift_reference: framework}\n")
+    )
+    assert m0.analysis is None
+    k0, k1 = stage_keys(spec0, m0), stage_keys(spec, mat)
+    assert {k[0] for k in k0 if k0[k] != k1[k]} == {"analysis", "arrhenius", "summary"}
 
 
 def test_spec_unknown_analysis_is_a_one_line_error(tmp_path, capsys) -> None:

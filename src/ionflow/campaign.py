@@ -65,6 +65,7 @@ def build_material_flow(
     if eng.relax not in (*ML_ENGINES, "vasp", "none"):
         raise UserInputError(f"engine.relax: {eng.relax!r} is not available in this version")
     md = mat.md
+    analysis = mat.analysis or spec.analysis  # the material's merged over the campaign's
     stride = md.frame_stride_steps
     ckpt = md.checkpoint_interval_steps  # as checked by `validate` (MDSpec.md_settings)
     relax = None
@@ -100,9 +101,9 @@ def build_material_flow(
         ),
         analysis_maker=AnalysisMaker(
             mobile_species=spec.mobile_species,
-            fit=spec.analysis.fit,
-            drift_reference=spec.analysis.drift_reference,
-            analyses=tuple(spec.analysis.analyses),
+            fit=analysis.fit,
+            drift_reference=analysis.drift_reference,
+            analyses=tuple(analysis.analyses),
         ),
         temperatures_k=tuple(md.temperatures_k),
         pinned_control=mat.has_pinned_control,

@@ -16,6 +16,7 @@ __all__ = [
     "BLOBS_COLLECTION",
     "CURRENT_COLLECTION",
     "DEFAULT_DATA_DIR",
+    "DENSITY_BUCKET",
     "JOBSTORE_ENV_KEY",
     "LEASE_FIELD",
     "LOST_RUN_FIELD",
@@ -51,6 +52,7 @@ def data_dir_path(data_dir: Path | str | None = None) -> Path:
     path = Path(data_dir) if data_dir is not None else Path.cwd() / DEFAULT_DATA_DIR
     return path.expanduser().resolve()
 
+
 # ----------------------------------------------------------------------------- JobStore db
 
 #: jobflow's job outputs: one document per (job ``uuid``, ``index``).
@@ -59,6 +61,8 @@ OUTPUTS_COLLECTION = "outputs"
 BLOBS_COLLECTION = "outputs_blobs"
 #: GridFS bucket of the float32 ``.npz`` trajectories (:mod:`ionflow.trajectories`).
 TRAJECTORY_BUCKET = "trajectories"
+#: GridFS bucket of the analysis job's density files (CHGCAR; ionflow export-density)
+DENSITY_BUCKET = "densities"
 #: One :class:`~ionflow.summary.MaterialSummary` per (campaign, material).
 SUMMARY_COLLECTION = "summaries"
 #: The current summary key of each (campaign, material), written at every submission.

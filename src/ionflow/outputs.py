@@ -104,17 +104,59 @@ class AnalysisOutput(_Output):
     analysis: dict[str, Any] = Field(description="DiffusionAnalysis document")
     results: dict[str, dict[str, Any]] | None = Field(
         None,
-        description="Other analyses: kind → {schema_version, result} (ionflow.analysis.ANALYSES)",
+        description="Other analyses: kind → {schema_version, result} (ionflow.analysis.ANALYSES)"
+        " or {schema_version, error} when the kind failed on this run",
+    )
+    density_file: dict[str, Any] | None = Field(
+        None,
+        description="The density CHGCAR in GridFS (ionflow.trajectories.StoredFileRef dump; "
+        "ionflow export-density writes it)",
     )
 
     def to_output(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        if out["results"] is None:
-            del out["results"]
+        for key in ("results", "density_file"):
+            if out[key] is None:
+                del out[key]
         return out
+
+    def parsed_results(self) -> dict[str, Any]:
+        """The other analyses parsed with their registered result models (see
+        :func:`parse_results`)."""
+        return parse_results(self.results)
+
+    def result_errors(self) -> dict[str, str]:
+        """kind → why that analysis has no result on this run."""
+        return {
+            k: str(v.get("error"))
+            for k, v in (self.results or {}).items()
+            if isinstance(v, dict) and v.get("error")
+        }
 
     def diffusion(self):
         """The parsed :class:`~ionflow.analysis.DiffusionAnalysis`."""
         from ionflow.analysis import DiffusionAnalysis
 
         return DiffusionAnalysis.model_validate(self.analysis)
+
+
+def parse_results(results: dict[str, Any] | None) -> dict[str, Any]:
+    """``results[kind]`` entries of an analysis output, each parsed with the result model
+    its kind registers (:data:`ionflow.analysis.ANALYSES`); unknown kinds, other schema
+    versions, failed and unreadable entries are skipped."""
+    from pydantic import ValidationError
+
+    from ionflow.analysis import ANALYSES
+
+    parsed: dict[str, Any] = {}
+    for kind, entry in (results or {}).items():
+        cls = ANALYSES.get(kind)
+        if cls is None or not isinstance(entry, dict) or entry.get("result") is None:
+            continue
+        if str(entry.get("schema_version")) != str(cls.schema_version):
+            continue
+        try:
+            parsed[kind] = cls.result_model.model_validate(entry.get("result"))
+        except ValidationError:
+            continue
+    return parsed

@@ -229,9 +229,11 @@ def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]
             "variants": mat.has_pinned_control,
         }
     )
-    analysis = spec.analysis.model_dump(mode="json")
-    if analysis.get("analyses") == ["diffusion"]:  # the default: keys as before it existed
-        del analysis["analyses"]
+    from ionflow.spec import DEFAULT_ANALYSES
+
+    analysis = (mat.analysis or spec.analysis).model_dump(mode="json")
+    if set(analysis.get("analyses") or ()) == set(DEFAULT_ANALYSES):
+        del analysis["analyses"]  # the default: keys as before the list existed
     keys: dict[tuple, str] = {("relax",): relax, ("supercell",): supercell}
     by_variant: dict[str, list[str]] = {}
     for run in runs:

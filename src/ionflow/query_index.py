@@ -42,7 +42,7 @@ COLUMNS_ID = "columns"
 #: Below this many summaries the server is fast enough; the columns are not used.
 MIN_DOCUMENTS = 1000
 #: Version of the blob layout (a blob of another format is rebuilt).
-FORMAT = 1
+FORMAT = 2
 #: Documents fetched per ``_id $in`` query.
 _FETCH_CHUNK = 100
 
@@ -51,8 +51,8 @@ _FETCH_CHUNK = 100
 class QueryField:
     """A flat field of a summary document that queries filter (and maybe sort) on.
 
-    ``kind``: ``"string"``, ``"number"`` or ``"list"`` (of strings); ``sortable``: ``ionflow
-    query --sort`` accepts it; ``nullable``: documents may hold null (sorted last);
+    ``kind``: ``"string"``, ``"number"``, ``"bool"`` or ``"list"`` (of strings);
+    ``sortable``: ``ionflow query --sort`` accepts it; ``nullable``: documents may hold null (sorted last);
     ``index``: direction of its single-field index on ``summaries`` (``None``: none).
     """
 
@@ -86,10 +86,15 @@ QUERY_FIELDS: tuple[QueryField, ...] = (
     QueryField("pinned_verdict", "string", sortable=False, index=1),
     QueryField("elements", "list", sortable=False, index=1),
     QueryField("regimes", "list", sortable=False, index=1),
+    # mechanism evidence (summary schema 1.2)
+    QueryField("isolated_fraction", "number", nullable=True, index=1),
+    QueryField("percolation_dimension", "number", nullable=True, index=1),
+    QueryField("rotation_coupled", "bool", sortable=False, index=1),
 )
 STRING_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "string")
 NUMBER_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "number")
 LIST_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "list")
+BOOL_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "bool")
 
 _CACHE: dict[tuple, tuple[tuple, Columns]] = {}
 _CACHE_LOCK = threading.Lock()
@@ -110,7 +115,7 @@ class Columns:
 
     ids: np.ndarray  # the documents' _id (ObjectId bytes), rows × 12 uint8
     strings: dict[str, tuple[np.ndarray, list]]  # field -> (codes, sorted unique values)
-    numbers: dict[str, np.ndarray]  # field -> float64, NaN for null/missing
+    numbers: dict[str, np.ndarray]  # field -> float64, NaN for null/missing (bools: 1/0)
     lists: dict[str, tuple[np.ndarray, list]]  # field -> (bool rows × values, values)
 
     @property
@@ -138,6 +143,8 @@ class Columns:
         numbers = {
             f: np.array([_number(d.get(f)) for d in docs], dtype=np.float64) for f in NUMBER_FIELDS
         }
+        for f in BOOL_FIELDS:
+            numbers[f] = np.array([_bool_number(d.get(f)) for d in docs], dtype=np.float64)
         lists = {}
         for f in LIST_FIELDS:
             rows = [v if isinstance(v := d.get(f), list) else [] for d in docs]
@@ -179,7 +186,7 @@ class Columns:
                 raise ValueError("query index format changed")
             ids = z["ids"].reshape(-1, 12)
             strings = {f: (z[f"s_{f}"], list(u)) for f, u in header["strings"].items()}
-            numbers = {f: z[f"n_{f}"] for f in NUMBER_FIELDS}
+            numbers = {f: z[f"n_{f}"] for f in (*NUMBER_FIELDS, *BOOL_FIELDS)}
             lists = {f: (z[f"l_{f}"], list(v)) for f, v in header["lists"].items()}
         return cls(ids, strings, numbers, lists)
 
@@ -193,6 +200,8 @@ class Columns:
                     m &= self.mask(sub)
             elif key in self.strings:
                 m &= self._string(key, cond)
+            elif key in BOOL_FIELDS:
+                m &= self._bool(key, cond)
             elif key in self.numbers:
                 m &= self._number(key, cond)
             elif key in self.lists:
@@ -253,6 +262,18 @@ class Columns:
                     m &= _COMPARE[op](vals, arg)
                 else:
                     raise Unsupported(f"{field} {op}")
+        return m
+
+    def _bool(self, field: str, cond) -> np.ndarray:
+        vals = self.numbers[field]
+        if not isinstance(cond, dict):
+            cond = {"$eq": cond}
+        m = np.ones(self.n, dtype=bool)
+        for op, arg in cond.items():
+            if op not in ("$eq", "$ne") or not (arg is None or isinstance(arg, bool)):
+                raise Unsupported(f"{field} {op} {arg!r}")
+            hit = np.isnan(vals) if arg is None else vals == float(arg)
+            m &= hit if op == "$eq" else ~hit
         return m
 
     def _list(self, field: str, cond) -> np.ndarray:
@@ -324,6 +345,10 @@ def _number(v) -> float:
     return float(v)
 
 
+def _bool_number(v) -> float:
+    return float(v) if isinstance(v, bool) else np.nan
+
+
 def _oid_bytes(value) -> bytes:
     from bson import ObjectId
 
@@ -381,7 +406,7 @@ def _rebuild(coll, version: int) -> Columns | None:
     A small collection is recorded as such (no blob) and answered by the server."""
     import datetime
 
-    fields = {f: 1 for f in (*STRING_FIELDS, *NUMBER_FIELDS, *LIST_FIELDS)}
+    fields = {f: 1 for f in (*STRING_FIELDS, *NUMBER_FIELDS, *BOOL_FIELDS, *LIST_FIELDS)}
     docs = list(coll.find({}, fields))
     built = datetime.datetime.now(datetime.UTC).isoformat()
     record = {"version": version, "n": len(docs), "format": FORMAT, "built": built}

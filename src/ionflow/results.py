@@ -553,6 +553,9 @@ def build_filter(
     ea_max_ev: float | None = None,
     regime: str | None = None,
     pinned_verdict: str | None = None,
+    isolated_fraction_min: float | None = None,
+    percolation_dimension: int | None = None,
+    rotation_coupled: bool | None = None,
 ) -> dict[str, Any]:
     """MongoDB filter for :func:`query_summaries` (arguments documented there).
 
@@ -603,6 +606,19 @@ def build_filter(
         filt["engine_md"] = engine.strip().lower()
     if reg is not None:
         filt["regimes"] = reg
+    if isolated_fraction_min is not None:
+        x = float(isolated_fraction_min)
+        if not (math.isfinite(x) and 0 <= x <= 1):
+            raise UserInputError(f"isolated fraction min must be in [0, 1]; got {x:g}")
+        filt["isolated_fraction"] = {"$gte": x}
+    if percolation_dimension is not None:
+        if isinstance(percolation_dimension, bool) or percolation_dimension not in (0, 1, 2, 3):
+            raise UserInputError(
+                f"percolation dimension must be 0, 1, 2 or 3; got {percolation_dimension!r}"
+            )
+        filt["percolation_dimension"] = int(percolation_dimension)
+    if rotation_coupled is not None:
+        filt["rotation_coupled"] = bool(rotation_coupled)
     if len(els) > 1:
         filt["$and"] = [{"elements": {"$all": els}}]  # … and all of them must be present
     return filt
@@ -747,6 +763,9 @@ def query_summaries(
     ea_max_ev: float | None = None,
     regime: str | None = None,
     pinned_verdict: str | None = None,
+    isolated_fraction_min: float | None = None,
+    percolation_dimension: int | None = None,
+    rotation_coupled: bool | None = None,
     sort: str = "sigma_300k_ms_cm",
     descending: bool = True,
     limit: int | None = None,
@@ -779,6 +798,14 @@ def query_summaries(
         A category of :data:`VERDICT_CATEGORIES` (``lowers``, ``mixed``, ``raises``,
         ``no significant``, ``none``, ``inconclusive``) or a case-insensitive substring
         of the overall free-vs-pinned verdict.
+    isolated_fraction_min
+        Lower bound (inclusive) on the isolated-anion fraction of the input cell.
+    percolation_dimension
+        The highest percolation dimension of the free runs' Li density (0–3), exactly.
+    rotation_coupled
+        True: polyanions reorient in the free runs and pinning lowers D significantly;
+        False: the summary says it is not (summaries without a rotation analysis match
+        neither).
     sort
         A field of :data:`SORT_FIELDS` (or an alias ``sigma``/``ea``/``engine``).
     descending
@@ -809,6 +836,9 @@ def query_summaries(
         ea_max_ev=ea_max_ev,
         regime=regime,
         pinned_verdict=pinned_verdict,
+        isolated_fraction_min=isolated_fraction_min,
+        percolation_dimension=percolation_dimension,
+        rotation_coupled=rotation_coupled,
     )
     docs = find_summary_documents(source, filt, sort=sort, descending=descending, limit=limit)
     return [parse_summary(d) for d in docs]
@@ -1078,22 +1108,11 @@ def _query_analyses(store, summary: MaterialSummary) -> list[RunAnalysis]:
 
 def run_results(output: dict) -> dict[str, Any]:
     """The other analyses of an analysis job output (``results[kind]``), each parsed with
-    the result model its kind registers; unknown kinds, other schema versions and
-    unreadable entries are skipped."""
-    from ionflow.analysis import ANALYSES
+    the result model its kind registers; unknown kinds, other schema versions, failed and
+    unreadable entries are skipped (:func:`ionflow.outputs.parse_results`)."""
+    from ionflow.outputs import parse_results
 
-    parsed: dict[str, Any] = {}
-    for kind, entry in (output.get("results") or {}).items():
-        cls = ANALYSES.get(kind)
-        if cls is None or not isinstance(entry, dict):
-            continue
-        if str(entry.get("schema_version")) != str(cls.schema_version):
-            continue
-        try:
-            parsed[kind] = cls.result_model.model_validate(entry.get("result"))
-        except ValidationError:
-            continue
-    return parsed
+    return parse_results(output.get("results"))
 
 
 def iter_run_analyses(

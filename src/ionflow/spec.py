@@ -101,6 +101,10 @@ ALLOWED_THERMOSTATS: tuple[str, ...] = ("nose-hoover", "langevin", "berendsen")
 
 MIN_PRODUCTION_FRAMES = 10
 DEFAULT_FRAME_INTERVAL_STEPS = 10
+#: ``analysis.analyses`` when the spec does not say: every mechanism analysis that applies
+#: (rotation reports "no polyanion groups" itself where there are none). The analysis reuse
+#: key leaves ``analyses`` out when it equals this list (ionflow.plan.stage_keys).
+DEFAULT_ANALYSES = ("diffusion", "rotation", "vdos", "density", "jumps")
 
 # ---- limits (README.md, "workflows.yaml" → "Limits"); each error message states its limit.
 # Those a user may legitimately need to raise read an environment variable (LIMIT_ENV).
@@ -824,9 +828,10 @@ class AnalysisSpec(_Model):
         "(pymatgen-analysis-diffusion, for cross-checks).",
     )
     analyses: Annotated[list[StrictStr], BeforeValidator(_analysis_names)] = Field(
-        default_factory=lambda: ["diffusion"],
+        default_factory=lambda: list(DEFAULT_ANALYSES),
         description="Streamed analyses run on every MD run in one pass over its trajectory "
-        "(no unit): diffusion (always, first) plus any registered one, e.g. framework-msd.",
+        "(no unit): diffusion (always, first) plus any registered one; default: diffusion, "
+        "rotation, vdos, density, jumps (framework-msd on request).",
     )
 
 
@@ -860,6 +865,11 @@ class MaterialSpec(_Model):
     )
     vasp: VaspSpec | None = Field(
         None, description="Per-material VASP settings, merged over the campaign vasp.incar."
+    )
+    analysis: AnalysisSpec | None = Field(
+        None,
+        description="Per-material analysis settings, merged key by key over the campaign "
+        "analysis (e.g. analyses: [diffusion, vdos]; no unit).",
     )
 
 
@@ -957,6 +967,10 @@ class ResolvedMaterial(BaseModel):
     md: MDSpec = Field(description="Campaign md merged with this material's overrides.")
     vasp_incar: dict[str, Any] = Field(
         default_factory=dict, description="Campaign INCAR overrides merged with the material's."
+    )
+    analysis: AnalysisSpec | None = Field(
+        None,
+        description="Campaign analysis merged with the material's (None: the campaign's).",
     )
     supercell_matrix: list[list[int]] = Field(
         description="3×3 integer supercell matrix reaching md.supercell_min_length_a (no unit)."
@@ -1493,6 +1507,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
         campaign_md_raw: dict[str, Any] | None = raw.get("md")
         campaign_md: MDSpec | None = spec.md
         campaign_incar = spec.vasp.incar
+        campaign_analysis = spec.analysis
         materials: list[tuple[MaterialSpec | None, bool]] = [(m, True) for m in spec.materials]
     else:
         mobile = None
@@ -1504,6 +1519,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
         campaign_md = _try(MDSpec, campaign_md_raw) if campaign_md_raw is not None else None
         vasp = _try(VaspSpec, raw.get("vasp") or {})
         campaign_incar = vasp.incar if vasp else {}
+        campaign_analysis = AnalysisSpec()
         raw_mats = raw.get("materials")
         materials = []
         for item in raw_mats if isinstance(raw_mats, list) else []:
@@ -1656,6 +1672,11 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
         incar = dict(campaign_incar)
         if mat.vasp is not None:
             incar.update(mat.vasp.incar)
+        analysis = None
+        if mat.analysis is not None:
+            analysis = campaign_analysis.model_copy(
+                update={k: getattr(mat.analysis, k) for k in mat.analysis.model_fields_set}
+            )
         resolved.append(
             ResolvedMaterial(
                 index=i,
@@ -1663,6 +1684,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
                 structure_path=spath,
                 md=md,
                 vasp_incar=incar,
+                analysis=analysis,
                 supercell_matrix=matrix_list,
                 pinned_indices=pinned,
                 pinned_reason=reason,

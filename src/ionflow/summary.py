@@ -50,7 +50,7 @@ from ionflow.names import CURRENT_COLLECTION as CURRENT_COLLECTION
 from ionflow.names import SUMMARY_COLLECTION as SUMMARY_COLLECTION
 from ionflow.outputs import SupercellOutput
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 #: What σ (run σ and σ(300 K)) is based on: the campaign quotes the tracer-based value.
 SIGMA_BASIS = "tracer: Nernst–Einstein from D* (H_R = 1 assumed)"
@@ -117,6 +117,43 @@ class RunSummary(BaseModel):
     fit_window_ps: tuple[float, float] = Field(description="Fit window, ps")
     analysis_uuid: str | None = Field(None, description="jobflow uuid of the analysis job")
     md_uuid: str | None = Field(None, description="jobflow uuid of the MD job")
+    # mechanism evidence (schema 1.2; None when the analysis did not run or gives no value)
+    rotating_group: str | None = Field(
+        None, description="Polyanion formula of the rotation numbers (most numerous kind)"
+    )
+    tau_p2_ps: float | None = Field(
+        None, description="Reorientation time τ2 of C2(t) of the polyanions, ps"
+    )
+    tau_p2_err_ps: float | None = Field(None, description="1σ of τ2 (spread over groups), ps")
+    tau_p2_reason: str | None = Field(
+        None, description="Why tau_p2_ps is None (no groups, no reorientation, not run …)"
+    )
+    p2_at_max_lag: float | None = Field(
+        None, description="C2 at the longest lag analysed (≈1: the groups do not reorient)"
+    )
+    vdos_low_frequency_exponent: float | None = Field(
+        None, description="n of VDOS ∝ ω^n of the mobile species at low ω (2 Debye, →0 liquid)"
+    )
+    vdos_low_frequency_exponent_err: float | None = Field(None, description="1σ of n")
+    diffusivity_from_vacf_cm2_s: float | None = Field(
+        None, description="Green–Kubo D = ⅓∫VACF of the mobile species, cm²/s"
+    )
+    diffusivity_from_vacf_err_cm2_s: float | None = Field(None, description="1σ, cm²/s")
+    percolation_dimension: int | None = Field(
+        None, description="Dimension (0–3) of the connected mobile-ion density network"
+    )
+    n_density_sites: int | None = Field(None, description="Density maxima (occupied sites)")
+    jump_rate_per_ps: float | None = Field(None, description="Site-to-site jumps per ion per ps")
+    jump_rate_err_per_ps: float | None = Field(None, description="1σ of the jump rate, ps⁻¹")
+    mean_jump_length_a: float | None = Field(None, description="Mean jump length, Å")
+    correlation_factor: float | None = Field(None, description="f = D*/D_jump")
+    correlation_factor_err: float | None = Field(None, description="1σ of f")
+    density_file: str | None = Field(
+        None, description="GridFS file name of the run's density CHGCAR (ionflow export-density)"
+    )
+    mechanism_notes: list[str] = Field(
+        default_factory=list, description="Analyses that failed or did not run on this run"
+    )
 
     @classmethod
     def from_analysis(cls, a: DiffusionAnalysis, variant: str, **ids) -> RunSummary:
@@ -144,6 +181,57 @@ class RunSummary(BaseModel):
             fit_window_ps=a.fit_window_ps,
             **ids,
         )
+
+
+def mechanism_fields(
+    results: dict | None,
+    errors: dict[str, str] | None = None,
+    density_file: dict | None = None,
+) -> dict:
+    """The :class:`RunSummary` mechanism fields of one run from its parsed analysis results
+    (kind → result model: rotation, vdos, density, jumps; see
+    :meth:`ionflow.outputs.AnalysisOutput.parsed_results`) and the failed kinds' errors."""
+    results, errors = results or {}, errors or {}
+    out: dict = {}
+    notes = [f"{k} failed: {v}" for k, v in sorted(errors.items())]
+    rot = results.get("rotation")
+    if rot is None:
+        out["tau_p2_reason"] = "rotation " + ("failed" if "rotation" in errors else "not run")
+    elif not rot.groups:
+        out["tau_p2_reason"] = rot.note or "no polyanion groups"
+    else:
+        g = max(rot.groups, key=lambda g: g.n_groups)
+        out.update(
+            rotating_group=g.formula,
+            tau_p2_ps=g.tau_p2_ps,
+            tau_p2_err_ps=g.tau_p2_err_ps,
+            tau_p2_reason=g.tau_p2_reason if g.tau_p2_ps is None else None,
+            p2_at_max_lag=g.p2_at_max_lag,
+        )
+    vd = results.get("vdos")
+    if vd is not None:
+        out.update(
+            vdos_low_frequency_exponent=vd.low_frequency_exponent,
+            vdos_low_frequency_exponent_err=vd.low_frequency_exponent_err,
+            diffusivity_from_vacf_cm2_s=vd.diffusivity_from_vacf_cm2_s,
+            diffusivity_from_vacf_err_cm2_s=vd.diffusivity_from_vacf_err_cm2_s,
+        )
+    de = results.get("density")
+    if de is not None:
+        out.update(percolation_dimension=de.percolation_dimension, n_density_sites=de.n_sites)
+    ju = results.get("jumps")
+    if ju is not None:
+        out.update(
+            jump_rate_per_ps=ju.jump_rate_per_ps,
+            jump_rate_err_per_ps=ju.jump_rate_err_per_ps,
+            mean_jump_length_a=ju.mean_jump_length_a,
+            correlation_factor=ju.correlation_factor,
+            correlation_factor_err=ju.correlation_factor_err,
+        )
+    if density_file:
+        out["density_file"] = density_file.get("filename")
+    out["mechanism_notes"] = notes
+    return out
 
 
 class VariantSummary(BaseModel):
@@ -187,6 +275,18 @@ class PinnedComparison(BaseModel):
     verdict: str = Field(description="Significance statement")
 
 
+class IsolatedAnionSummary(BaseModel):
+    """Isolated anions of one element and site symmetry (from the supercell stage)."""
+
+    element: str
+    count: int = Field(description="Isolated sites of this element and symmetry (input cell)")
+    site_symmetry: str = Field(description="Hermann–Mauguin point group of the site")
+    wyckoff: str | None = Field(None, description="Wyckoff position in the framework")
+    spacing_a: float | None = Field(
+        None, description="Shortest distance between two isolated anions of this element, Å"
+    )
+
+
 class MaterialSummary(BaseModel):
     """Everything a user asks about one material of a campaign (flat fields are indexed)."""
 
@@ -224,6 +324,29 @@ class MaterialSummary(BaseModel):
     sigma_300k_low_ms_cm: float | None = None
     sigma_300k_high_ms_cm: float | None = None
     pinned_ea_ev: float | None = None
+    # mechanism evidence (schema 1.2; older documents: the defaults)
+    isolated_fraction: float | None = Field(
+        None, description="Isolated anion sites / all anion sites (supercell stage)"
+    )
+    anion_groups: dict[str, int] = Field(
+        default_factory=dict, description="Polyanion formula → count in the input cell"
+    )
+    isolated_anions: list[IsolatedAnionSummary] = Field(
+        default_factory=list, description="Isolated anions by element and site symmetry"
+    )
+    percolation_dimension: int | None = Field(
+        None, description="Highest percolation dimension of the Li density over the free runs"
+    )
+    rotation_frozen_by_pinning: bool | None = Field(
+        None,
+        description="Pinned runs show no reorientation (or τ2 ≥ 10× free); None: untested",
+    )
+    rotation_coupled: bool | None = Field(
+        None,
+        description="Polyanions reorient in the free runs AND pinning lowers D significantly "
+        "(None: no rotation analysis)",
+    )
+    mechanism_verdict: str = Field("", description="One line: why the ions move, with numbers")
     regimes: list[str] = Field(default_factory=list, description="Regimes of the free runs")
     notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
     provenance: dict = Field(default_factory=dict, description="Code versions, settings, job ids")
@@ -392,6 +515,138 @@ def overall_verdict(
     return text + " — run longer to decide"
 
 
+#: τ2 of a pinned run this many times the free τ2 (or no reorientation) = frozen groups.
+FROZEN_FACTOR = 10.0
+
+
+def isolated_anion_fields(descriptors: dict | None) -> dict:
+    """The flat isolated-anion fields of :class:`MaterialSummary` from the supercell
+    stage's ``anion_descriptors`` (an :class:`ionflow.analysis.anions.AnionReport` dump)."""
+    if not descriptors:
+        return {}
+    rows: dict[tuple, dict] = {}
+    spacing = descriptors.get("isolated_anion_spacing_a") or {}
+    for a in descriptors.get("anions") or []:
+        if a.get("bonded"):
+            continue
+        key = (a.get("element"), a.get("site_symmetry"), a.get("wyckoff"))
+        row = rows.setdefault(
+            key,
+            {
+                "element": key[0],
+                "count": 0,
+                "site_symmetry": key[1] or "?",
+                "wyckoff": key[2],
+                "spacing_a": spacing.get(key[0]),
+            },
+        )
+        row["count"] += 1
+    return {
+        "isolated_fraction": descriptors.get("isolated_fraction"),
+        "anion_groups": dict(descriptors.get("groups") or {}),
+        "isolated_anions": [IsolatedAnionSummary(**r) for r in rows.values()],
+    }
+
+
+def _frozen(free: RunSummary, pinned: RunSummary) -> bool | None:
+    """Pinned groups frozen relative to the free run at one temperature (None: unknown)."""
+    if pinned.rotating_group is None:
+        return None
+    if pinned.tau_p2_ps is None:
+        return True  # C2 does not decay: no reorientation
+    if free.tau_p2_ps is None:
+        return False  # pinned groups turn, free ones do not: not a freezing control
+    return pinned.tau_p2_ps >= FROZEN_FACTOR * free.tau_p2_ps
+
+
+def mechanism_verdict(
+    free: VariantSummary,
+    pinned: VariantSummary | None,
+    comparisons: list[PinnedComparison],
+    groups: dict[str, int] | None = None,
+) -> tuple[str, bool | None, bool | None]:
+    """(one-line verdict citing the numbers, rotation_coupled, rotation_frozen_by_pinning).
+
+    rotation_coupled is True only when the polyanions reorient in a free run (τ2 finite)
+    AND pinning lowers D significantly (95 % interval of D_free/D_pinned above 1, or the
+    pinned run caged) at some temperature and raises it at none; None when no free run has
+    a rotation analysis; else False.
+    """
+    runs = free.runs
+    with_rot = [r for r in runs if r.rotating_group is not None or r.tau_p2_reason]
+    analysed = [r for r in runs if r.rotating_group is not None]
+    lowered = [c for c in comparisons if _effect(c) == "lowers"]
+    raised = [c for c in comparisons if _effect(c) == "raises"]
+    frozen = None
+    if pinned is not None:
+        by_t = {r.temperature_k: r for r in pinned.runs}
+        checks = [
+            f
+            for r in runs
+            if r.temperature_k in by_t and (f := _frozen(r, by_t[r.temperature_k])) is not None
+        ]
+        frozen = all(checks) if checks else None
+    # the pinning part, with numbers
+    if pinned is None:
+        pin_text = "no pinned control: coupling untested"
+    elif lowered:
+        best = max(lowered, key=lambda c: c.z_score if c.z_score is not None else math.inf)
+        if best.ratio is not None:
+            pin_text = (
+                f"pinning them lowers D* {_ratio_text(best.ratio)}× (z = {best.z_score:.1f}, "
+                f"{best.temperature_k:g} K)"
+            )
+        else:
+            pin_text = f"pinning them suppresses diffusion ({best.temperature_k:g} K: caged)"
+        if len(lowered) < len(comparisons):
+            pin_text += f" at {len(lowered)} of {len(comparisons)} temperatures"
+    elif raised:
+        c = raised[0]
+        pin_text = (
+            f"pinning raises D* (ratio {_ratio_text(c.ratio or math.nan)}, {c.temperature_k:g} K)"
+        )
+    else:
+        pin_text = "pinning: " + overall_verdict(comparisons, "", True)
+    if not with_rot:
+        return f"rotation not analysed; {pin_text}", None, frozen
+    if not analysed:
+        why = with_rot[0].tau_p2_reason or "no polyanion groups"
+        return f"{why}: rotation-coupling does not apply; {pin_text}", False, frozen
+    formula = analysed[0].rotating_group
+    rotating = [r for r in analysed if r.tau_p2_ps is not None]
+    if rotating:
+        r = max(rotating, key=lambda r: r.temperature_k)
+        err = f" ± {r.tau_p2_err_ps:.2g}" if r.tau_p2_err_ps else ""
+        rot_text = f"{formula} reorient with τ2 = {r.tau_p2_ps:.3g}{err} ps ({r.temperature_k:g} K)"
+    else:
+        r = max(analysed, key=lambda r: r.temperature_k)
+        c2 = (
+            f" (C2 = {r.p2_at_max_lag:.2f} at the longest lag)"
+            if r.p2_at_max_lag is not None
+            else ""
+        )
+        rot_text = f"{formula} do not reorient within the runs{c2}"
+    coupled = bool(rotating) and bool(lowered) and not raised
+    if coupled:
+        tail = "rotation-coupled"
+    elif (
+        rotating
+        and pinned is not None
+        and not lowered
+        and not raised
+        and any(_effect(c) == "none" for c in comparisons)
+    ):
+        tail = "rotation not required"
+    elif not rotating and lowered:
+        tail = "pinning matters without reorientation (framework stiffening?)"
+    else:
+        tail = "rotation coupling not shown"
+    text = f"{rot_text}; {pin_text}: {tail}"
+    if frozen is False:
+        text += "; caution: the pinned runs' groups still reorient (pinning does not freeze them)"
+    return text, coupled, frozen
+
+
 def _sigma_note(v: VariantSummary) -> str | None:
     """Why the σ(300 K) extrapolation of a variant is not quoted (None when it is)."""
     if v.ea_resolved is not False or v.sigma_300k_ms_cm is None or v.ea_ev is None:
@@ -438,6 +693,9 @@ def build_summary(
             compare_runs(r, by_t[r.temperature_k]) for r in free_v.runs if r.temperature_k in by_t
         ]
     sc = SupercellOutput.model_validate(supercell)
+    anions = isolated_anion_fields(sc.anion_descriptors)
+    verdict, coupled, frozen = mechanism_verdict(free_v, pinned_v, comparisons)
+    dims = [r.percolation_dimension for r in free_v.runs if r.percolation_dimension is not None]
     quoted = free_v.ea_resolved is True
     iv = free_v.sigma_300k_interval_ms_cm if quoted else None
     notes = list(sc.notes)
@@ -473,6 +731,11 @@ def build_summary(
         sigma_300k_low_ms_cm=iv[0] if iv else None,
         sigma_300k_high_ms_cm=iv[1] if iv else None,
         pinned_ea_ev=pinned_v.ea_ev if pinned_v else None,
+        **anions,
+        percolation_dimension=max(dims) if dims else None,
+        rotation_frozen_by_pinning=frozen,
+        rotation_coupled=coupled,
+        mechanism_verdict=verdict,
         regimes=[r.regime for r in free_v.runs],
         notes=notes,
         provenance={"ionflow": __version__, **(provenance or {})},

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 
+from ionflow.names import DENSITY_BUCKET as DENSITY_BUCKET
 from ionflow.names import TRAJECTORY_BUCKET
 
 #: GridFS bucket of the trajectories (:data:`ionflow.names.TRAJECTORY_BUCKET`).
@@ -46,6 +47,19 @@ class TrajectoryRef(BaseModel):
     has_velocities: bool = Field(
         False, description="The file also holds 'velocities' (frames × atoms × 3, Å/fs)"
     )
+
+
+class StoredFileRef(BaseModel):
+    """Where a stored file other than a trajectory lives (e.g. a density CHGCAR in the
+    ``densities`` bucket): the job output holds this, never the bytes."""
+
+    gridfs_id: str | None = Field(None, description="GridFS file id (None: no database copy)")
+    database: str | None = Field(None, description="Database holding the bucket")
+    bucket: str = Field(description="GridFS bucket name")
+    filename: str = Field(description="Name of the stored file")
+    local_path: str | None = Field(None, description="Path of the file where the job ran")
+    sha256: str = Field(description="Checksum of the file bytes")
+    size_bytes: int = Field(description="Size of the file, bytes")
 
 
 def write_npz(
@@ -203,7 +217,33 @@ def put_npz(store, npz_path: Path, metadata: dict, guard=None) -> TrajectoryRef:
     return ref
 
 
-def _delete_older(db, bucket, keep, metadata: dict) -> list:
+def put_file(store, path: Path, metadata: dict, bucket_name: str) -> StoredFileRef:
+    """Upload ``path`` into the GridFS bucket ``bucket_name`` (when the store is a real
+    MongoDB) and describe it; earlier files of the same job (``metadata["job_uuid"]``) in
+    that bucket are deleted once the new one is complete (a rerun leaves no orphan)."""
+    path = Path(path)
+    data = path.read_bytes()
+    ref = StoredFileRef(
+        bucket=bucket_name,
+        filename=path.name,
+        local_path=str(path.resolve()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+    )
+    db = _database(store) if store is not None else None
+    if db is not None:
+        import gridfs
+
+        bucket = gridfs.GridFSBucket(db, bucket_name=bucket_name)
+        fid = bucket.upload_from_stream(
+            ref.filename, io.BytesIO(data), metadata={**metadata, "sha256": ref.sha256}
+        )
+        _delete_older(db, bucket, fid, metadata, bucket_name)
+        ref.gridfs_id, ref.database = str(fid), db.name
+    return ref
+
+
+def _delete_older(db, bucket, keep, metadata: dict, bucket_name: str = BUCKET) -> list:
     """Delete the files of the same job (or run directory) other than ``keep``."""
     if metadata.get("job_uuid"):
         query = {"metadata.job_uuid": metadata["job_uuid"]}
@@ -212,7 +252,8 @@ def _delete_older(db, bucket, keep, metadata: dict) -> list:
     else:
         return []
     old = [
-        d["_id"] for d in db[f"{BUCKET}.files"].find({**query, "_id": {"$ne": keep}}, {"_id": 1})
+        d["_id"]
+        for d in db[f"{bucket_name}.files"].find({**query, "_id": {"$ne": keep}}, {"_id": 1})
     ]
     for fid in old:
         with contextlib.suppress(Exception):  # gone already (a concurrent replace)
@@ -234,7 +275,16 @@ def download_npz(db, ref: TrajectoryRef | dict, dest: Path) -> Path | None:
     TrajectoryChecksumError
         The downloaded bytes do not match ``ref.sha256``.
     """
-    ref = TrajectoryRef.model_validate(ref)
+    return download_file(db, TrajectoryRef.model_validate(ref), dest, BUCKET)
+
+
+def download_file(db, ref, dest: Path, bucket_name: str | None = None) -> Path | None:
+    """Stream the GridFS copy of ``ref`` (a :class:`TrajectoryRef` or
+    :class:`StoredFileRef`; bucket: ``bucket_name``, else ``ref.bucket``) into ``dest``,
+    checking its sha256 — :func:`download_npz` for any bucket. ``None`` when the database
+    holds no copy."""
+    if isinstance(ref, dict):
+        ref = StoredFileRef.model_validate(ref)
     if ref.gridfs_id is None or db is None or type(db).__module__.startswith("mongomock"):
         return None
     import gridfs
@@ -242,7 +292,7 @@ def download_npz(db, ref: TrajectoryRef | dict, dest: Path) -> Path | None:
 
     if ref.database and ref.database != db.name:
         db = db.client[ref.database]
-    bucket = gridfs.GridFSBucket(db, bucket_name=BUCKET)
+    bucket = gridfs.GridFSBucket(db, bucket_name=bucket_name or ref.bucket)
     try:
         stream = bucket.open_download_stream(ObjectId(ref.gridfs_id))
     except gridfs.errors.NoFile:
@@ -254,9 +304,8 @@ def download_npz(db, ref: TrajectoryRef | dict, dest: Path) -> Path | None:
             sha.update(chunk)
             fh.write(chunk)
     if sha.hexdigest() != ref.sha256:
-        raise TrajectoryChecksumError(
-            f"trajectory {ref.filename}: checksum mismatch after download"
-        )
+        what = "trajectory" if isinstance(ref, TrajectoryRef) else "file"
+        raise TrajectoryChecksumError(f"{what} {ref.filename}: checksum mismatch after download")
     return dest
 
 

@@ -235,6 +235,22 @@ def query_cmd(
             "in the free-vs-pinned verdict"
         ),
     ] = None,
+    isolated_fraction_min: Annotated[
+        float | None,
+        typer.Option(help="Minimum isolated-anion fraction (0–1) of the input cell"),
+    ] = None,
+    percolation_dimension: Annotated[
+        int | None,
+        typer.Option(help="Highest percolation dimension (0–3) of the free runs' Li density"),
+    ] = None,
+    rotation_coupled: Annotated[
+        bool | None,
+        typer.Option(
+            "--rotation-coupled/--not-rotation-coupled",
+            help="Polyanions reorient and pinning them lowers D significantly (or not)",
+            show_default=False,
+        ),
+    ] = None,
     sort: Annotated[
         str,
         typer.Option(
@@ -249,7 +265,8 @@ def query_cmd(
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
 ) -> None:
-    """Find materials by composition, engine, σ(300 K), Ea, regime or pinned verdict."""
+    """Find materials by composition, engine, σ(300 K), Ea, regime, pinned verdict or
+    mechanism (isolated anions, percolation, rotation coupling)."""
     from ionflow import results
 
     fmt = fmt.lower()
@@ -267,6 +284,9 @@ def query_cmd(
         ea_max_ev=ea_max_ev,
         regime=regime,
         pinned_verdict=pinned_verdict,
+        isolated_fraction_min=isolated_fraction_min,
+        percolation_dimension=percolation_dimension,
+        rotation_coupled=rotation_coupled,
     )
     # validate everything before touching (or starting) a database
     results.build_filter(**filters)
