@@ -372,3 +372,71 @@ def test_extra_analysis_runs_in_the_same_pass_and_reaches_the_report(project):
     rep = _run(["report", "--out", str(out)], cwd=project)
     assert rep.returncode == 0, rep.stderr
     assert "framework-msd: framework MSD at T/2" in (out / "report.md").read_text()
+
+
+def test_default_analyses_mechanism_end_to_end(project):
+    """The default analyses (diffusion, rotation, vdos, density, jumps) run on every MD run
+    of a toy campaign; the density CHGCAR is in GridFS and export-density writes it back
+    (pymatgen reads it, integral = the number of Li); the summary carries the mechanism
+    fields, a query on them finds the material, the report and the run table show the
+    verdict. Structure, not chemistry: the toy potential may tear PS4 apart."""
+    spec = _spec(project, temps=(900,), production_ps=0.5, name="mechanism")
+    text = spec.read_text()
+    spec.write_text(text[: text.index("  - {name: Li3N")] + text[text.index("relax: {max") :])
+    res = _run(["run", str(spec)], cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Li6PS5Cl mechanism: " in res.stdout
+    from ionflow.results import fetch_run_analyses, load_summaries, parse_summary
+
+    db = _db(project)
+    (doc,) = load_summaries(db, "mechanism")
+    s = parse_summary(doc)
+    assert s.schema_version == "1.2" and s.mechanism_verdict
+    assert s.rotation_coupled in (True, False)
+    assert s.isolated_fraction is not None and 0 <= s.isolated_fraction <= 1
+    runs = fetch_run_analyses(db, s)
+    assert {(r.variant, r.temperature_k) for r in runs} == {("free", 900.0), ("pinned", 900.0)}
+    with db.client() as client:
+        out_docs = list(client[db.database]["outputs"].find({"name": {"$regex": "^analysis "}}))
+        files = list(client[db.database]["densities.files"].find({}))
+    assert len(out_docs) == 2 and len(files) == 2
+    for d in out_docs:
+        entries = d["output"]["results"]
+        assert set(entries) == {"rotation", "vdos", "density", "jumps"}
+        for kind, e in entries.items():  # a result, or the reason it has none
+            assert ("result" in e) != ("error" in e), (kind, e)
+        assert entries["density"].get("result") is not None
+        ref = d["output"]["density_file"]
+        assert ref["bucket"] == "densities" and ref["gridfs_id"] in {str(f["_id"]) for f in files}
+        assert len(json.dumps(d["output"])) < 2_000_000  # no volumetric data in documents
+    for v in (s.free, s.pinned):
+        (r,) = v.runs
+        assert r.density_file and r.percolation_dimension in (0, 1, 2, 3)
+        assert r.jump_rate_per_ps is not None or any("jumps" in n for n in r.mechanism_notes)
+        assert r.tau_p2_ps is not None or r.tau_p2_reason
+    # export-density: a CHGCAR whose integral is the number of Li
+    chg = project / "free.CHGCAR"
+    exp = _run(["export-density", "--campaign", "mechanism", "--material", "Li6PS5Cl",
+                "--temperature-k", "900", "--out", str(chg)], cwd=project)  # fmt: skip
+    assert exp.returncode == 0, exp.stderr
+    from pymatgen.io.vasp import Chgcar
+
+    c = Chgcar.from_file(str(chg))
+    n_li = sum(1 for site in c.structure if site.specie.symbol == "Li")
+    assert c.data["total"].mean() == pytest.approx(n_li, rel=1e-6)  # ∫ρ dV = mean(ρV)
+    bad = _run(["export-density", "--campaign", "mechanism", "--material", "Li6PS5Cl",
+                "--temperature-k", "950", "--out", str(project / "x.CHGCAR")], cwd=project)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert not (project / "x.CHGCAR").exists() and not (project / "x.CHGCAR.part").exists()
+    # query by the new flat fields (server path; the columnar path is tested in test_results)
+    flag = "--rotation-coupled" if s.rotation_coupled else "--not-rotation-coupled"
+    q = _run(["query", "--format", "json", flag, "--isolated-fraction-min",
+              f"{s.isolated_fraction:.6f}", "--percolation-dimension",
+              str(s.percolation_dimension)], cwd=project)  # fmt: skip
+    assert q.returncode == 0, q.stderr
+    assert [x["material"] for x in json.loads(q.stdout)] == ["Li6PS5Cl"]
+    rep = _run(["report", "--out", str(project / "report")], cwd=project)
+    assert rep.returncode == 0, rep.stderr
+    md = (project / "report" / "report.md").read_text()
+    assert "### Mechanism" in md and "ionflow export-density --campaign mechanism" in md
+    assert s.mechanism_verdict.split(";")[0] in md

@@ -137,6 +137,127 @@ def _slug(text: str) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
+MECHANISM_COLUMNS = (
+    "T (K)",
+    "variant",
+    "τ2 (ps)",
+    "VDOS exponent n",
+    "D_VACF (cm²/s)",
+    "percolation dim",
+    "Γ (ps⁻¹)",
+    "f",
+    "density file",
+)
+
+
+def _has_mechanism(s: MaterialSummary) -> bool:
+    return bool(s.mechanism_verdict) or any(
+        r.rotating_group or r.tau_p2_reason or r.density_file or r.jump_rate_per_ps is not None
+        for v in (s.free, s.pinned)
+        if v is not None
+        for r in v.runs
+    )
+
+
+def _tau_text(r: RunSummary) -> str:
+    if r.tau_p2_ps is not None:
+        return _pm(r.tau_p2_ps, r.tau_p2_err_ps)
+    if r.rotating_group and r.tau_p2_reason and "no reorientation" in r.tau_p2_reason:
+        return "no reorientation"
+    return "—"
+
+
+def _mechanism_cells(s: MaterialSummary) -> list[list[str]]:
+    """Free and pinned side by side at each temperature."""
+    runs = [r for v in (s.free, s.pinned) if v is not None for r in v.runs]
+    runs.sort(key=lambda r: (r.temperature_k, r.variant != "free"))
+    return [
+        [
+            f"{r.temperature_k:g}",
+            r.variant,
+            _tau_text(r),
+            _pm(r.vdos_low_frequency_exponent, r.vdos_low_frequency_exponent_err, 2),
+            _pm(r.diffusivity_from_vacf_cm2_s, r.diffusivity_from_vacf_err_cm2_s),
+            "—" if r.percolation_dimension is None else f"{r.percolation_dimension}-D",
+            _pm(r.jump_rate_per_ps, r.jump_rate_err_per_ps),
+            _pm(r.correlation_factor, r.correlation_factor_err, 2),
+            r.density_file or "—",
+        ]
+        for r in runs
+    ]
+
+
+def _mechanism_lines(s: MaterialSummary) -> list[str]:
+    lines = [f"Mechanism: {s.mechanism_verdict or 'not analysed'}"]
+    if s.isolated_fraction is not None:
+        iso = "; ".join(
+            f"{a.count} {a.element} on {a.wyckoff or '?'} ({a.site_symmetry}"
+            + (f", spacing {a.spacing_a:.2f} Å" if a.spacing_a is not None else "")
+            + ")"
+            for a in s.isolated_anions
+        )
+        groups = ", ".join(f"{k} ×{n}" for k, n in s.anion_groups.items()) or "none"
+        lines.append(
+            f"Isolated anions: fraction {s.isolated_fraction:.2f}; {iso or 'none'}; "
+            f"polyanion groups: {groups}"
+        )
+    if s.percolation_dimension is not None:
+        lines.append(f"Li density percolates in {s.percolation_dimension}-D (free runs, highest)")
+    with_file = [
+        (v.variant, r.temperature_k)
+        for v in (s.free, s.pinned)
+        if v is not None
+        for r in v.runs
+        if r.density_file
+    ]
+    if with_file:
+        variant, t = with_file[0]
+        lines.append(
+            f"Density files (CHGCAR, VESTA) of {len(with_file)} run(s) in the database: "
+            f"ionflow export-density --campaign {s.campaign} --material {s.material} "
+            f"--temperature-k {t:g} --variant {variant} --out {s.material}_{variant}_{t:g}K.CHGCAR"
+        )
+    return lines
+
+
+def _mechanism_figure(
+    s: MaterialSummary, runs: list[RunAnalysis], stem: str, dpi: int
+) -> Figure | None:
+    """C2(t) of the polyanions and the mobile-ion VDOS, free (solid) vs pinned (dashed)."""
+    rot = [(r, r.results["rotation"]) for r in runs if r.results.get("rotation") is not None]
+    rot = [(r, x) for r, x in rot if x.groups]
+    vd = [(r, r.results["vdos"]) for r in runs if r.results.get("vdos") is not None]
+    if not rot and not vd:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), dpi=dpi, squeeze=False)
+    ax_r, ax_v = axes[0]
+    for r, x in sorted(rot, key=lambda p: (p[0].variant, p[0].temperature_k)):
+        g = max(x.groups, key=lambda g: g.n_groups)
+        ax_r.plot(g.time_ps, g.p2_acf, "-" if r.variant == "free" else "--",
+                  label=f"{g.formula} {r.variant} {r.temperature_k:g} K")  # fmt: skip
+    ax_r.set(xlabel="t (ps)", ylabel="C2(t)", title="polyanion reorientation")
+    for r, x in sorted(vd, key=lambda p: (p[0].variant, p[0].temperature_k)):
+        g = x.vdos.get(x.mobile_species)
+        if g is not None:
+            ax_v.plot(x.frequency_thz, g, "-" if r.variant == "free" else "--",
+                      label=f"{r.variant} {r.temperature_k:g} K")  # fmt: skip
+    ax_v.set(xlabel="ν (THz)", ylabel="VDOS (states/THz)", title=f"{s.mobile_species} VDOS")
+    for ax in (ax_r, ax_v):
+        if ax.get_lines():
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", transform=ax.transAxes)
+    fig.suptitle(f"{s.material}: mechanism, free (solid) vs pinned (dashed)", fontsize=10)
+    fig.tight_layout()
+    return Figure(
+        f"{stem}_mechanism.png",
+        f"{s.material}: orientational autocorrelation C2(t) of the polyanions and the "
+        f"{s.mobile_species} vibrational density of states, free vs pinned runs.",
+        _png(fig),
+    )
+
+
 def _pyplot():
     import matplotlib
 
@@ -278,6 +399,9 @@ def build_sections(
             vr = [r for r in runs if r.variant == variant]
             if vr:
                 sec.figures.append(_msd_figure(s, variant, vr, stem, dpi))
+        mech = _mechanism_figure(s, runs, stem, dpi)
+        if mech is not None:
+            sec.figures.append(mech)
         sec.notes = _notes(s, runs)
         sections.append(sec)
     return sections
@@ -490,6 +614,13 @@ def _html(sections: list[MaterialSection], title: str, meta: str) -> str:
                 "<h3>Free vs pinned</h3>",
                 _html_table(COMPARISON_COLUMNS, _comparison_cells(s), "comparisons"),
             ]
+        if _has_mechanism(s):
+            parts += [
+                "<h3>Mechanism</h3><ul>",
+                *(f"<li>{_e(line)}</li>" for line in _mechanism_lines(s)),
+                "</ul>",
+                _html_table(MECHANISM_COLUMNS, _mechanism_cells(s), "mechanism"),
+            ]
         for fig in sec.figures:
             data = base64.b64encode(fig.png).decode("ascii")
             parts.append(
@@ -556,6 +687,14 @@ def _markdown(sections: list[MaterialSection], title: str, meta: str) -> str:
                 "### Free vs pinned",
                 "",
                 *_md_table(COMPARISON_COLUMNS, _comparison_cells(s)),
+            ]
+        if _has_mechanism(s):
+            lines += [
+                "### Mechanism",
+                "",
+                *(f"- {_md_text(line)}" for line in _mechanism_lines(s)),
+                "",
+                *_md_table(MECHANISM_COLUMNS, _mechanism_cells(s)),
             ]
         for fig in sec.figures:
             lines += [

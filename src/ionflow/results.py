@@ -54,7 +54,7 @@ from ionflow.summary import SCHEMA_VERSION, MaterialSummary, VariantSummary
 if TYPE_CHECKING:
     from ionflow.analysis import DiffusionAnalysis
     from ionflow.store import ResolvedDatabase
-    from ionflow.trajectories import TrajectoryRef
+    from ionflow.trajectories import StoredFileRef, TrajectoryRef
 
 __all__ = [
     "CSV_COLUMNS",
@@ -1176,10 +1176,32 @@ def find_md_output(
     UserInputError
         No such run; the message lists the runs stored for the material.
     """
+    return _find_run_output(
+        source, campaign, material, variant, temperature_k, "trajectory", "MD run",
+        lambda out: (out.get("trajectory") or {}).get("sha256"),
+    )  # fmt: skip
+
+
+def find_density_output(
+    source: Any, *, campaign: str, material: str, variant: str, temperature_k: float
+) -> dict[str, Any]:
+    """The analysis job output of one run that holds a ``density_file`` reference (the
+    one of the current summary's run when several exist, as :func:`find_md_output`)."""
+    return _find_run_output(
+        source, campaign, material, variant, temperature_k, "density_file",
+        "analysed run", lambda out: out.get("trajectory_sha256"),
+    )  # fmt: skip
+
+
+def _find_run_output(
+    source: Any, campaign: str, material: str, variant: str, temperature_k: float,
+    field: str, what: str, sha_of,
+) -> dict[str, Any]:  # fmt: skip
+    """The newest job output of one run having ``output.<field>`` (see find_md_output)."""
     base = {
         f"metadata.{META_CAMPAIGN}": campaign,
         f"metadata.{META_MATERIAL}": material,
-        "output.trajectory": {"$exists": True},
+        f"output.{field}": {"$exists": True},
     }
     others: list[dict] = []
     with open_source(source) as handle:
@@ -1206,11 +1228,7 @@ def find_md_output(
         if len(docs) > 1:
             sha = _summary_trajectory_sha(handle.db, campaign, material, variant, temperature_k)
     if sha is not None:
-        chosen = [
-            d
-            for d in docs
-            if ((d.get("output") or {}).get("trajectory") or {}).get("sha256") == sha
-        ]
+        chosen = [d for d in docs if sha_of(d.get("output") or {}) == sha]
         if chosen:
             docs = chosen
     if docs:
@@ -1222,28 +1240,67 @@ def find_md_output(
         }
     )
     listed = ", ".join(f"{v} {t:g} K" for v, t in runs) or "none"
+    stored = "trajectory" if field == "trajectory" else "density file"
     raise UserInputError(
-        f"no MD run {campaign}/{material} {variant} {temperature_k:g} K with a stored "
-        f"trajectory; runs stored for this material: {listed}"
+        f"no {what} {campaign}/{material} {variant} {temperature_k:g} K with a stored "
+        f"{stored}; runs stored for this material: {listed}"
     )
 
 
-def _download(handle: SourceHandle, ref: TrajectoryRef, dest: Path) -> Path:
-    """The GridFS copy (or the local file) of ``ref`` at ``dest``, checksum verified
-    (:func:`ionflow.trajectories.download_npz`)."""
-    from ionflow.trajectories import BUCKET, TrajectoryChecksumError, download_npz
+def _download(handle: SourceHandle, ref: TrajectoryRef | StoredFileRef, dest: Path) -> Path:
+    """The GridFS copy (or the local file) of ``ref`` (a trajectory or a stored file) at
+    ``dest``, checksum verified (:func:`ionflow.trajectories.download_file`)."""
+    from ionflow.trajectories import BUCKET, TrajectoryChecksumError, TrajectoryRef, download_file
 
+    is_traj = isinstance(ref, TrajectoryRef)
+    bucket = BUCKET if is_traj else ref.bucket
     try:
-        if download_npz(handle.db, ref, dest) is not None:
+        if download_file(handle.db, ref, dest, bucket) is not None:
             return dest
     except TrajectoryChecksumError as exc:
         raise UserInputError(str(exc)) from None
     if ref.local_path and Path(ref.local_path).is_file():
         return Path(ref.local_path)
     raise UserInputError(
-        f"trajectory {ref.filename}: not in the database's {BUCKET!r} bucket and the "
-        f"local copy {ref.local_path} does not exist"
+        f"{'trajectory' if is_traj else 'file'} {ref.filename}: not in the database's "
+        f"{bucket!r} bucket and the local copy {ref.local_path} does not exist"
     )
+
+
+def export_density(
+    source: Any,
+    out: Path | str,
+    *,
+    campaign: str,
+    material: str,
+    variant: str = "free",
+    temperature_k: float,
+) -> tuple[Path, dict]:
+    """Write one run's stored density CHGCAR to ``out`` (via ``out.part``, renamed when
+    complete and its checksum verified: nothing half-written). Returns (out, reference)."""
+    from ionflow.trajectories import StoredFileRef
+
+    out = Path(out)
+    found = find_density_output(
+        source, campaign=campaign, material=material, variant=variant, temperature_k=temperature_k
+    )
+    ref = StoredFileRef.model_validate(found["density_file"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    part = out.with_name(out.name + ".part")
+    try:
+        with open_source(source) as handle:
+            got = _download(handle, ref, part)
+        if got != part:  # the local copy where the job ran
+            import hashlib
+
+            data = Path(got).read_bytes()
+            if hashlib.sha256(data).hexdigest() != ref.sha256:
+                raise UserInputError(f"file {ref.filename}: local copy changed (checksum)")
+            part.write_bytes(data)
+        part.replace(out)
+    finally:
+        part.unlink(missing_ok=True)
+    return out, ref.model_dump(mode="json")
 
 
 def export_trajectory_extxyz(

@@ -1,4 +1,5 @@
-"""``ionflow query``, ``ionflow report``, ``ionflow export`` and ``ionflow export-trajectory``.
+"""``ionflow query``, ``ionflow report``, ``ionflow export``, ``ionflow export-trajectory``
+and ``ionflow export-density``.
 
 All four read an existing project's database: ``--data-dir`` (default ``./ionflow-data``;
 its embedded server is started if it is not running, but a directory without a database
@@ -393,3 +394,31 @@ def export_trajectory_cmd(
         every=every,
     )
     print(f"wrote {n} frames to {out}")
+
+
+@app.command("export-density")
+def export_density_cmd(
+    campaign: Annotated[str, typer.Option(help="Campaign")],
+    material: Annotated[str, typer.Option(help="Material name")],
+    temperature_k: Annotated[float, typer.Option(help="Run temperature, K")],
+    out: Annotated[Path, typer.Option(help="Output CHGCAR file")],
+    variant: Annotated[str, typer.Option(help="free | pinned")] = "free",
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+) -> None:
+    """Write one MD run's mobile-ion density (VASP CHGCAR, VESTA-readable; integral = the
+    number of mobile ions) from the database."""
+    from ionflow import results
+    from ionflow.plan import run_label
+
+    if variant not in ("free", "pinned"):
+        raise UserInputError(f"--variant must be free or pinned; got {printable(variant, 40)!r}")
+    _out_file(out, "the density CHGCAR", f"{material}_{run_label(temperature_k)}.CHGCAR")
+    if uri is not None:
+        check_mongo_uri(uri, _URI_KEY)
+    db = results.open_database(data_dir, uri, launchpad)
+    path, ref = results.export_density(
+        db, out, campaign=campaign, material=material, variant=variant, temperature_k=temperature_k
+    )
+    print(f"wrote {path} ({ref['size_bytes'] / 1e6:.1f} MB, {ref['filename']})")

@@ -119,6 +119,8 @@ def summary_table(summaries: list[dict]):
                 )
         if s.get("pinned") is not None:
             notes.append(f"{s['material']} free vs pinned: {s['pinned_verdict']}")
+        if s.get("mechanism_verdict"):
+            notes.append(f"{s['material']} mechanism: {s['mechanism_verdict']}")
     bases = sorted({s.get("sigma_basis") or SIGMA_BASIS for s in summaries})
     if bases:
         notes.append("σ quoted: " + "; ".join(bases))
