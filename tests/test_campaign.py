@@ -291,7 +291,7 @@ def test_chgnet_campaign_end_to_end(project):
         engine="chgnet",
         temps=(1000, 1200),
         production_ps=0.1,
-        eq_ps=0.02,
+        eq_ps=0.4,  # 4 Nosé-Hoover times: the MB start at minimum positions equipartitions to T/2
         name="chgnet-campaign",
     )
     text = spec.read_text()
@@ -311,8 +311,8 @@ def test_chgnet_campaign_end_to_end(project):
         for out in md:
             assert out["engine"] == "chgnet"
             # canonical ensemble: the instantaneous free-DOF temperature has a relative SD
-            # of √(2/n_dof); the production mean lies within 3 of those (a run without a
-            # working thermostat equipartitions down to ~T/2 and fails this)
+            # of √(2/n_dof); after equilibration the production mean lies within 3 of those
+            # (a run without a working thermostat stays near T/2 and fails this)
             t, n_dof = out["temperature_k"], out["md"]["n_free_degrees_of_freedom"]
             assert abs(out["md"]["mean_temperature_k"] - t) <= 3 * t * math.sqrt(2 / n_dof)
     assert os.path.exists(project / "ionflow-data" / "runs" / "chgnet-campaign" / "Li3N")
