@@ -19,6 +19,7 @@ from ionflow.makers.analysis import AnalysisMaker, ArrheniusMaker, SummaryMaker
 from ionflow.makers.md import MLMDMaker
 from ionflow.makers.relax import RelaxMaker
 from ionflow.makers.supercell import SupercellMaker
+from ionflow.names import META_STAGE, META_VARIANT
 from ionflow.plan import Run, category, job_name, plan_runs
 
 
@@ -82,13 +83,13 @@ class MaterialCampaignMaker(Maker):
         stages: list[tuple[str, object]] = []  # (kind, job or sub-flow), in flow order
         if self.relax_maker is not None:
             relax = replace(self.relax_maker, name=job_name("relax", material)).make(structure)
-            relax.update_metadata({"ionflow_stage": "relax"})
+            relax.update_metadata({META_STAGE: "relax"})
             stages.append(("relax", relax))
             start = relax.output.structure
         else:
             start = structure
         sc = replace(self.supercell_maker, name=job_name("supercell", material)).make(start)
-        sc.update_metadata({"ionflow_stage": "supercell"})
+        sc.update_metadata({META_STAGE: "supercell"})
         stages.append(("supercell", sc))
         analyses: dict[str, list] = {}
         for run in runs:
@@ -105,8 +106,8 @@ class MaterialCampaignMaker(Maker):
             an = replace(self.analysis_maker, name=job_name("analysis", material, run)).make(
                 md.output
             )
-            md.update_metadata({"ionflow_stage": "md"})
-            an.update_metadata({"ionflow_stage": "analysis"})
+            md.update_metadata({META_STAGE: "md"})
+            an.update_metadata({META_STAGE: "analysis"})
             for j in (md, an):
                 j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": t})
             stages += [("md", md), ("analysis", an)]
@@ -116,7 +117,7 @@ class MaterialCampaignMaker(Maker):
             fit = ArrheniusMaker(name=job_name("arrhenius", material, variant=v), variant=v).make(
                 outputs
             )
-            fit.update_metadata({"ionflow_stage": "arrhenius", "ionflow_variant": v})
+            fit.update_metadata({META_STAGE: "arrhenius", META_VARIANT: v})
             stages.append(("arrhenius", fit))
             fits[v] = fit.output
         summary = SummaryMaker(
@@ -150,7 +151,7 @@ class MaterialCampaignMaker(Maker):
                 },
             },
         )
-        summary.update_metadata({"ionflow_stage": "summary"})
+        summary.update_metadata({META_STAGE: "summary"})
         stages.append(("summary", summary))
         for kind, j in stages:
             j.update_metadata({"ionflow_material": material, **(metadata or {})})

@@ -10,7 +10,7 @@ from pathlib import Path
 from jobflow import Maker, job
 from jobflow.core.job import JobConfig
 
-from ionflow.summary import SUMMARY_COLLECTION
+from ionflow.names import META_KEY, SUMMARY_COLLECTION
 
 
 @dataclass
@@ -187,7 +187,7 @@ class SummaryMaker(Maker):
     The summary is the job output and is also upserted into the ``summaries`` collection of
     the JobStore database (keyed by campaign + material) for ``ionflow query`` — unless
     a later submission made another summary the material's current one (see
-    :func:`ionflow.summary.store_summary`). ``provenance.summary_key`` is the job's
+    :func:`ionflow.results.store_summary`). ``provenance.summary_key`` is the job's
     ``ionflow_key``.
     """
 
@@ -222,7 +222,7 @@ class SummaryMaker(Maker):
         store = getattr(CURRENT_JOB, "store", None)
         db = _database(store) if store is not None else None
         if db is not None:
-            from ionflow.summary import store_summary
+            from ionflow.results import store_summary
 
             store_summary(db[SUMMARY_COLLECTION], doc)
         return doc
@@ -233,4 +233,4 @@ def _own_key() -> str | None:
     from jobflow import CURRENT_JOB
 
     job = CURRENT_JOB.job
-    return job.metadata.get("ionflow_key") if job is not None else None
+    return job.metadata.get(META_KEY) if job is not None else None

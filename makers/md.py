@@ -7,8 +7,8 @@ dies (walltime, node failure, Ctrl-C) and is rerun by FireWorks resumes from its
 checkpoint instead of from zero. At the end the production frames go to GridFS as a float32
 ``.npz`` (:mod:`ionflow.trajectories`); the job output holds only a reference.
 
-One writer at a time (:mod:`ionflow.lease`): the job holds the run directory's lock
-(:class:`~ionflow.lease.RunDirLock`) while it runs, and every write — frames, checkpoints,
+One writer at a time (:mod:`ionflow.backends.lease`): the job holds the run directory's lock
+(:class:`~ionflow.backends.lease.RunDirLock`) while it runs, and every write — frames, checkpoints,
 the stored trajectory — first checks that lock and the worker's lease on the firework, so a
 worker whose job was taken over stops writing. The stored trajectory replaces earlier files
 of the same job (never an orphan in GridFS).
@@ -27,13 +27,16 @@ from pathlib import Path
 from jobflow import Maker, job
 from jobflow.core.job import JobConfig
 
+from ionflow.names import DEFAULT_DATA_DIR
+
 #: environment variable that overrides where MD working directories live
 RUN_ROOT_ENV = "IONFLOW_RUN_ROOT"
 
 
 def run_directory(run_root: str | None, campaign: str, material: str, tag: str, key: dict) -> Path:
     """Stable MD working directory for (campaign, material, run tag, settings)."""
-    root = Path(os.environ.get(RUN_ROOT_ENV) or run_root or "ionflow-data/runs").expanduser()
+    default = Path(DEFAULT_DATA_DIR) / "runs"
+    root = Path(os.environ.get(RUN_ROOT_ENV) or run_root or default).expanduser()
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return (root / campaign / material / f"{tag}_{digest}").resolve()
 
@@ -100,7 +103,7 @@ class MLMDMaker(Maker):
         """Run (or resume) the MD; output: trajectory reference and run statistics."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        from ionflow.lease import RunDirLock, current_lease
+        from ionflow.backends.lease import RunDirLock, current_lease
         from ionflow.md import MDSettings
         from ionflow.structure import with_selective_dynamics
 

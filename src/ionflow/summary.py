@@ -740,15 +740,3 @@ def build_summary(
         notes=notes,
         provenance={"ionflow": __version__, **(provenance or {})},
     )
-
-
-# Writing summaries to the database (store_summary, set_current_summaries) is not this pure
-# module's business: it lives in ionflow.results. The two names are handed over lazily for
-# callers of the old path (the summary job in ionflow.makers.analysis), without importing
-# ionflow.results here (no import cycle).
-def __getattr__(name: str):
-    if name in ("store_summary", "set_current_summaries"):
-        from ionflow import results
-
-        return getattr(results, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
