@@ -154,10 +154,13 @@ class RotationResult(BaseModel):
 
 def _acf_columns(x: np.ndarray) -> np.ndarray:
     """Per-column autocorrelation over all origins: out[k, j] = mean_s x[s,j] x[s+k,j]."""
+    from scipy.fft import irfft, next_fast_len, rfft
+
     n = x.shape[0]
-    size = 1 << (2 * n - 1).bit_length()
-    f = np.fft.rfft(x, n=size, axis=0)
-    out = np.fft.irfft(f * np.conj(f), n=size, axis=0)[:n]
+    size = next_fast_len(2 * n - 1, real=True)
+    f = rfft(x, n=size, axis=0)
+    f *= np.conj(f)
+    out = irfft(f, n=size, axis=0)[:n]
     out /= (n - np.arange(n))[:, None]
     return out
 
@@ -170,8 +173,10 @@ def orientational_acf(
     ``u``: (frames, bonds, 3) unit vectors. Returns two (frames, bonds) arrays (float64).
     Bonds are transformed in blocks whose FFT work arrays stay near ``block_bytes``.
     """
+    from scipy.fft import next_fast_len
+
     n, m, _ = u.shape
-    size = 1 << (2 * n - 1).bit_length()
+    size = next_fast_len(2 * n - 1, real=True)
     block_bonds = max(1, int(block_bytes // (9 * (size // 2 + 1) * 16 * 2)))
     c1 = np.empty((n, m))
     c2 = np.empty((n, m))
