@@ -15,6 +15,29 @@ import typer
 from ionflow.cli import app
 from ionflow.errors import UserInputError
 
+# The trajectory options every trajectory command shares (checked by trajectory_args).
+TrajArg = Annotated[
+    list[Path], typer.Argument(help="Trajectory file(s); several = segments in order")
+]
+SpeciesOpt = Annotated[str, typer.Option(help="Mobile species")]
+TemperatureOpt = Annotated[
+    float | None, typer.Option(help="MD temperature, K (overrides the file)")
+]
+TimeStepOpt = Annotated[
+    float | None,
+    typer.Option(help="Time between stored frames, fs (overrides the file); see --step-skip"),
+]
+StepSkipOpt = Annotated[
+    int, typer.Option(help="MD steps between stored frames (multiplies --time-step-fs)")
+]
+DriftOpt = Annotated[
+    str, typer.Option(help="auto | framework | fixed | none | comma-separated atom indices")
+]
+SkipFramesOpt = Annotated[int, typer.Option(help="Leading frames to drop (equilibration)")]
+StructureOpt = Annotated[Path | None, typer.Option(help="Structure for a bare .npy of coordinates")]
+FormatOpt = Annotated[str | None, typer.Option("--format", help="Force the trajectory format")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
 FitOpt = Annotated[str, typer.Option("--fit", help="ionflow (honest errors) | pymatgen (compat)")]
 
 
@@ -129,28 +152,17 @@ def _fmt(x, spec=".3g") -> str:
 
 @app.command("analyze")
 def analyze_cmd(
-    traj: Annotated[
-        list[Path], typer.Argument(help="Trajectory file(s); several = segments in order")
-    ],
-    species: Annotated[str, typer.Option(help="Mobile species")] = "Li",
-    temperature_k: Annotated[
-        float | None, typer.Option(help="MD temperature, K (overrides the file)")
-    ] = None,
-    time_step_fs: Annotated[
-        float | None,
-        typer.Option(help="Time between stored frames, fs (overrides the file); see --step-skip"),
-    ] = None,
-    step_skip: Annotated[
-        int, typer.Option(help="MD steps between stored frames (multiplies --time-step-fs)")
-    ] = 1,
-    drift_reference: Annotated[
-        str, typer.Option(help="auto | framework | fixed | none | comma-separated atom indices")
-    ] = "auto",
+    traj: TrajArg,
+    species: SpeciesOpt = "Li",
+    temperature_k: TemperatureOpt = None,
+    time_step_fs: TimeStepOpt = None,
+    step_skip: StepSkipOpt = 1,
+    drift_reference: DriftOpt = "auto",
     fit: FitOpt = "ionflow",
     window: Annotated[
         str | None, typer.Option(help="Fit window START:END in ps (default: documented rule)")
     ] = None,
-    skip_frames: Annotated[int, typer.Option(help="Leading frames to drop (equilibration)")] = 0,
+    skip_frames: SkipFramesOpt = 0,
     ion_charge: Annotated[
         float | None, typer.Option(help="Mobile-ion charge, e (default from species)")
     ] = None,
@@ -161,13 +173,11 @@ def analyze_cmd(
         float,
         typer.Option(help="Fewest hop equivalents N_eff for a D (0 = always try the fit)"),
     ] = 20.0,
-    structure: Annotated[
-        Path | None, typer.Option(help="Structure for a bare .npy of coordinates")
-    ] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="Force the trajectory format")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    structure: StructureOpt = None,
+    fmt: FormatOpt = None,
+    as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(help="Write the MSD plot (PNG/PDF/SVG)")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Diffusivity, conductivity and Haven ratio of one MD run, with honest error bars."""
     from ionflow.analysis import analyze_file
@@ -236,9 +246,7 @@ def analyze_cmd(
         )
     )
     if res.charge_diffusivity_cm2_s is not None:
-        charge = (
-            f"{_fmt(res.charge_diffusivity_cm2_s)} ± {_fmt(res.charge_diffusivity_err_cm2_s, '.2g')}"
-        )
+        charge = f"{_fmt(res.charge_diffusivity_cm2_s)} ± {_fmt(res.charge_diffusivity_err_cm2_s, '.2g')}"
     elif res.charge_diffusivity_upper_cm2_s is not None:
         charge = (
             f"not resolved: {_fmt(res.charge_diffusivity_estimate_cm2_s)} ± "
@@ -485,7 +493,7 @@ def arrhenius_cmd(
         float, typer.Option(help="Extrapolate D and σ to this T, K")
     ] = 300.0,
     unweighted: Annotated[bool, typer.Option(help="Unweighted fit (pymatgen's choice)")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(help="Write the Arrhenius plot")] = None,
 ) -> None:
     """Activation energy and σ at any temperature, with intervals, from several analyses

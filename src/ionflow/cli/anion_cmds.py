@@ -12,6 +12,19 @@ from typing import Annotated
 import typer
 
 from ionflow.cli import app
+from ionflow.cli.analysis_cmds import (
+    DriftOpt,
+    FormatOpt,
+    JsonOpt,
+    QuietOpt,
+    SkipFramesOpt,
+    SpeciesOpt,
+    StepSkipOpt,
+    StructureOpt,
+    TemperatureOpt,
+    TimeStepOpt,
+    TrajArg,
+)
 from ionflow.errors import UserInputError
 
 
@@ -60,7 +73,7 @@ def anions_cmd(
     per_site: Annotated[
         bool, typer.Option("--per-site", help="Table: one row per site (default: per class)")
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Isolated vs bonded anions: site symmetry, spacing, Ewald site energy (seed 003)."""
     from ionflow.analysis.anions import describe_anions, parse_oxidation_states
@@ -125,44 +138,33 @@ def anions_cmd(
 
 @app.command("rotation")
 def rotation_cmd(
-    traj: Annotated[
-        list[Path], typer.Argument(help="Trajectory file(s); several = segments in order")
-    ],
+    traj: TrajArg,
     center: Annotated[
         str | None, typer.Option("--center", help="Centre element of the groups (with --ligand)")
     ] = None,
     ligand: Annotated[
         str | None, typer.Option("--ligand", help="Ligand element of the groups (with --center)")
     ] = None,
-    species: Annotated[str, typer.Option(help="Mobile species")] = "Li",
-    temperature_k: Annotated[
-        float | None, typer.Option(help="MD temperature, K (overrides the file)")
-    ] = None,
-    time_step_fs: Annotated[
-        float | None,
-        typer.Option(help="Time between stored frames, fs (overrides the file); see --step-skip"),
-    ] = None,
-    step_skip: Annotated[
-        int, typer.Option(help="MD steps between stored frames (multiplies --time-step-fs)")
-    ] = 1,
-    drift_reference: Annotated[
-        str, typer.Option(help="auto | framework | fixed | none | comma-separated atom indices")
-    ] = "auto",
-    skip_frames: Annotated[int, typer.Option(help="Leading frames to drop (equilibration)")] = 0,
-    structure: Annotated[
-        Path | None, typer.Option(help="Structure for a bare .npy of coordinates")
-    ] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="Force the trajectory format")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    species: SpeciesOpt = "Li",
+    temperature_k: TemperatureOpt = None,
+    time_step_fs: TimeStepOpt = None,
+    step_skip: StepSkipOpt = 1,
+    drift_reference: DriftOpt = "auto",
+    skip_frames: SkipFramesOpt = 0,
+    structure: StructureOpt = None,
+    fmt: FormatOpt = None,
+    as_json: JsonOpt = False,
     plot: Annotated[
         Path | None, typer.Option(help="Write the C1/C2 plot (PNG/PDF/SVG), log-linear")
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Polyanion rotation: orientational autocorrelations C1, C2 of centre→ligand bonds and
     their relaxation times (seed 000's paddle wheel, measured)."""
     from ionflow.analysis.rotation import RotationAnalysis, plot_rotation
-    from ionflow.cli.analysis_cmds import run_streamed
+    from ionflow.cli.analysis_cmds import (
+        run_streamed,
+    )
 
     for flag, el in (("--center", center), ("--ligand", ligand)):
         if el is not None:

@@ -11,29 +11,22 @@ from typing import Annotated
 import typer
 
 from ionflow.cli import app
-from ionflow.cli.analysis_cmds import run_streamed
+from ionflow.cli.analysis_cmds import (
+    DriftOpt,
+    FormatOpt,
+    JsonOpt,
+    QuietOpt,
+    SkipFramesOpt,
+    SpeciesOpt,
+    StepSkipOpt,
+    StructureOpt,
+    TemperatureOpt,
+    TimeStepOpt,
+    TrajArg,
+    run_streamed,
+)
 from ionflow.errors import UserInputError
 
-TrajArg = Annotated[
-    list[Path], typer.Argument(help="Trajectory file(s); several = segments in order")
-]
-SpeciesOpt = Annotated[str, typer.Option(help="Mobile species")]
-TempOpt = Annotated[float | None, typer.Option(help="MD temperature, K (overrides the file)")]
-StepOpt = Annotated[
-    float | None,
-    typer.Option(help="Time between stored frames, fs (overrides the file); see --step-skip"),
-]
-SkipOpt = Annotated[
-    int, typer.Option(help="MD steps between stored frames (multiplies --time-step-fs)")
-]
-DriftOpt = Annotated[
-    str, typer.Option(help="auto | framework | fixed | none | comma-separated atom indices")
-]
-SkipFramesOpt = Annotated[int, typer.Option(help="Leading frames to drop (equilibration)")]
-StructOpt = Annotated[Path | None, typer.Option(help="Structure for a bare .npy of coordinates")]
-FormatOpt = Annotated[str | None, typer.Option("--format", help="Force the trajectory format")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")]
 SpacingOpt = Annotated[float, typer.Option(help="Density grid spacing, Å")]
 SmoothOpt = Annotated[
     float, typer.Option(help="σ of the Gaussian smoothing for sites, Å (0: none)")
@@ -145,12 +138,12 @@ def density_cmd(
     iso_level: Annotated[
         float, typer.Option(help="Iso-level of the percolation dimension, × the mean density")
     ] = 1.0,
-    temperature_k: TempOpt = None,
-    time_step_fs: StepOpt = None,
-    step_skip: SkipOpt = 1,
+    temperature_k: TemperatureOpt = None,
+    time_step_fs: TimeStepOpt = None,
+    step_skip: StepSkipOpt = 1,
     drift_reference: DriftOpt = "auto",
     skip_frames: SkipFramesOpt = 0,
-    structure: StructOpt = None,
+    structure: StructureOpt = None,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     plot: Annotated[
@@ -248,12 +241,12 @@ def jumps_cmd(
     smooth_a: SmoothOpt = 0.3,
     merge_radius_a: MergeOpt = 1.0,
     site_min_ratio: MinRatioOpt = 3.0,
-    temperature_k: TempOpt = None,
-    time_step_fs: StepOpt = None,
-    step_skip: SkipOpt = 1,
+    temperature_k: TemperatureOpt = None,
+    time_step_fs: TimeStepOpt = None,
+    step_skip: StepSkipOpt = 1,
     drift_reference: DriftOpt = "auto",
     skip_frames: SkipFramesOpt = 0,
-    structure: StructOpt = None,
+    structure: StructureOpt = None,
     fmt: FormatOpt = None,
     as_json: JsonOpt = False,
     plot: Annotated[

@@ -10,29 +10,31 @@ from typing import Annotated
 import typer
 
 from ionflow.cli import app
-from ionflow.cli.analysis_cmds import run_streamed
+from ionflow.cli.analysis_cmds import (
+    DriftOpt,
+    FormatOpt,
+    JsonOpt,
+    QuietOpt,
+    SkipFramesOpt,
+    SpeciesOpt,
+    StepSkipOpt,
+    StructureOpt,
+    TemperatureOpt,
+    TimeStepOpt,
+    TrajArg,
+    run_streamed,
+)
 
 
 @app.command("vdos")
 def vdos_cmd(
-    traj: Annotated[
-        list[Path], typer.Argument(help="Trajectory file(s); several = segments in order")
-    ],
-    species: Annotated[str, typer.Option(help="Mobile species")] = "Li",
-    temperature_k: Annotated[
-        float | None, typer.Option(help="MD temperature, K (overrides the file)")
-    ] = None,
-    time_step_fs: Annotated[
-        float | None,
-        typer.Option(help="Time between stored frames, fs (overrides the file); see --step-skip"),
-    ] = None,
-    step_skip: Annotated[
-        int, typer.Option(help="MD steps between stored frames (multiplies --time-step-fs)")
-    ] = 1,
-    drift_reference: Annotated[
-        str, typer.Option(help="auto | framework | fixed | none | comma-separated atom indices")
-    ] = "auto",
-    skip_frames: Annotated[int, typer.Option(help="Leading frames to drop (equilibration)")] = 0,
+    traj: TrajArg,
+    species: SpeciesOpt = "Li",
+    temperature_k: TemperatureOpt = None,
+    time_step_fs: TimeStepOpt = None,
+    step_skip: StepSkipOpt = 1,
+    drift_reference: DriftOpt = "auto",
+    skip_frames: SkipFramesOpt = 0,
     max_lag_ps: Annotated[
         float | None,
         typer.Option(help="VACF window (max lag), ps; default 5 ps, ≤ 4096 frames, ≤ run/4"),
@@ -40,13 +42,11 @@ def vdos_cmd(
     low_frequency_cutoff_thz: Annotated[
         float, typer.Option(help="Upper end of the low-frequency power-law fit, THz")
     ] = 2.0,
-    structure: Annotated[
-        Path | None, typer.Option(help="Structure for a bare .npy of coordinates")
-    ] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="Force the trajectory format")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object")] = False,
+    structure: StructureOpt = None,
+    fmt: FormatOpt = None,
+    as_json: JsonOpt = False,
     plot: Annotated[Path | None, typer.Option(help="Write the VDOS plot (PNG/PDF/SVG)")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Vibrational density of states per species (stored velocities, else finite
     differences), low-frequency behaviour and Green–Kubo D of the mobile species."""
