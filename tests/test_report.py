@@ -93,6 +93,29 @@ def sane(img: Image.Image) -> None:
     assert ImageStat.Stat(img.convert("L")).stddev[0] > 10
 
 
+#: matplotlib's colours of the series the report draws
+TAB_BLUE, TAB_RED, TAB_PURPLE = (31, 119, 180), (214, 39, 40), (148, 103, 189)
+
+
+def pixels_of(img: Image.Image, rgb: tuple[int, int, int], tol: int = 40) -> int:
+    """How many pixels are within ``tol`` of the colour ``rgb`` (anti-aliasing tolerated)."""
+    import numpy as np
+
+    a = np.asarray(img.convert("RGB"), dtype=int)
+    return int((np.abs(a - np.array(rgb)).max(axis=2) <= tol).sum())
+
+
+def draws(img: Image.Image, data_file: str, summary) -> None:
+    """The figure shows its series: the Arrhenius plot one colour per fitted variant (free
+    and pinned: blue then red, in that order); an MSD grid the MSCD curves (purple)."""
+    if data_file.endswith("_arrhenius.png"):
+        fits = [v for v in (summary.free, summary.pinned) if v is not None and v.arrhenius]
+        assert pixels_of(img, TAB_BLUE) > 40, data_file
+        assert (pixels_of(img, TAB_RED) > 40) == (len(fits) == 2), data_file
+    else:
+        assert pixels_of(img, TAB_PURPLE) > 40, data_file
+
+
 @pytest.fixture(scope="module")
 def campaign_db(tmp_path_factory):
     """A real server holding every synthetic material; one material lacks its MSD outputs."""
@@ -151,9 +174,12 @@ def test_report_files_and_content(report):
             ]
     assert [img["data-file"] for img in page.images] == expected
     assert sorted(p.relative_to(out).as_posix() for p in paths.figures) == sorted(expected)
+    by_stem = {f"figures/{s.campaign}_{s.material}": s for s in summaries}
     for img in page.images:
         inline = png_of(img["src"])
         sane(inline)
+        stem = img["data-file"].rsplit("_", 2 if "_msd_" in img["data-file"] else 1)[0]
+        draws(inline, img["data-file"], by_stem[stem])
         assert (out / img["data-file"]).read_bytes() == base64.b64decode(img["src"].split(",")[1])
         assert img["alt"]
     # the 300 K extrapolation with its intervals, from the stored fit
