@@ -212,3 +212,28 @@ def test_one_significant_temperature_of_three_is_not_coupling():
     assert sum(c.verdict.startswith("pinning lowers") for c in comps) == 2
     text, coupled, _ = mechanism_verdict(free, pinned, comps)
     assert coupled is True and text.endswith("rotation-coupled")
+
+
+def test_jump_rate_arrhenius_gives_the_activation_enthalpy_and_attempt_frequency():
+    """Γ(T) = ν0·exp(−ΔH/k_B T) with ν0 = 8 THz, ΔH = 0.25 eV, 5 % errors: both recovered."""
+    import math
+
+    from ionflow.summary import variant_summary
+
+    k = 8.617333262e-5
+    runs = []
+    for t in (700.0, 850.0, 1000.0, 1150.0):
+        g = 8.0 * math.exp(-0.25 / (k * t))
+        r = _run("free", t, 1e-5, 1e-6, tau=1.0)
+        runs.append(r.model_copy(update={"jump_rate_per_ps": g, "jump_rate_err_per_ps": 0.05 * g}))
+    v = variant_summary("free", [], [])  # no analyses: only the runs' jump rates matter here
+    v = v.model_copy(update={"runs": runs})
+    from ionflow.summary import _jump_arrhenius
+
+    _jump_arrhenius(v)
+    assert v.jump_activation_enthalpy_ev == pytest.approx(0.25, abs=1e-9)
+    assert v.attempt_frequency_thz == pytest.approx(8.0, rel=1e-9)
+    assert 0 < v.jump_activation_enthalpy_err_ev < 0.05
+    one = v.model_copy(update={"runs": runs[:1], "jump_activation_enthalpy_ev": None})
+    _jump_arrhenius(one)
+    assert one.jump_activation_enthalpy_ev is None and "no jump-rate fit" in one.jump_arrhenius_note

@@ -203,6 +203,15 @@ def _mechanism_lines(s: MaterialSummary) -> list[str]:
         )
     if s.percolation_dimension is not None:
         lines.append(f"Li density percolates in {s.percolation_dimension}-D (free runs, highest)")
+    for v in (s.free, s.pinned):
+        if v is not None and v.jump_activation_enthalpy_ev is not None:
+            err = v.jump_activation_enthalpy_err_ev
+            lines.append(
+                f"Jump rate Γ(T) ({v.variant}): ΔH = {v.jump_activation_enthalpy_ev:.3f}"
+                + (f" ± {err:.3f}" if err is not None else "")
+                + f" eV, attempt frequency ν0 = {v.attempt_frequency_thz:.3g} THz"
+                + (f" ({v.jump_arrhenius_note})" if v.jump_arrhenius_note else "")
+            )
     with_file = [
         (v.variant, r.temperature_k)
         for v in (s.free, s.pinned)

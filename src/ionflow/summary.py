@@ -255,6 +255,18 @@ class VariantSummary(BaseModel):
     sigma_300k_interval95_ms_cm: tuple[float, float] | None = Field(
         None, description="95 % interval of σ(300 K), mS/cm"
     )
+    jump_activation_enthalpy_ev: float | None = Field(
+        None, description="ΔH of the site-to-site jump rate, Γ = ν0·exp(−ΔH/k_B T), eV"
+    )
+    jump_activation_enthalpy_err_ev: float | None = Field(None, description="1σ of ΔH, eV")
+    attempt_frequency_thz: float | None = Field(
+        None,
+        description="ν0 of Γ(T) (seed 004 Eq. 1: includes exp(ΔS/k_B) and the number of "
+        "escape paths), THz",
+    )
+    jump_arrhenius_note: str | None = Field(
+        None, description="Why there is no jump-rate fit, or its caveats"
+    )
 
 
 class PinnedComparison(BaseModel):
@@ -366,6 +378,7 @@ def variant_summary(
     runs = [RunSummary.from_analysis(a, variant, **i) for a, i in zip(analyses, ids, strict=True)]
     runs.sort(key=lambda r: r.temperature_k)
     out = VariantSummary(variant=variant, runs=runs)
+    _jump_arrhenius(out)
     try:
         fit = fit_arrhenius_from_analyses(analyses, at_temperature_k=at_temperature_k)
     except UserInputError as exc:
@@ -379,6 +392,29 @@ def variant_summary(
     out.sigma_300k_interval_ms_cm = fit.sigma_at_t_interval_ms_cm
     out.sigma_300k_interval95_ms_cm = fit.sigma_at_t_interval95_ms_cm
     return out
+
+
+def _jump_arrhenius(v: VariantSummary) -> None:
+    """ΔH and ν0 from the runs' jump rates Γ(T) (weighted like D(T)), or the reason not."""
+    from ionflow.analysis.jumps import attempt_frequency
+    from ionflow.errors import UserInputError
+
+    rated = [r for r in v.runs if r.jump_rate_per_ps and r.jump_rate_per_ps > 0]
+    if not rated:
+        return
+    try:
+        fit = attempt_frequency(
+            [r.temperature_k for r in rated],
+            [r.jump_rate_per_ps for r in rated],
+            [r.jump_rate_err_per_ps for r in rated],
+        )
+    except UserInputError as exc:
+        v.jump_arrhenius_note = f"no jump-rate fit: {exc}"
+        return
+    v.jump_activation_enthalpy_ev = fit["jump_activation_enthalpy_ev"]
+    v.jump_activation_enthalpy_err_ev = fit["jump_activation_enthalpy_err_ev"]
+    v.attempt_frequency_thz = fit["attempt_frequency_thz"]
+    v.jump_arrhenius_note = "; ".join(fit["warnings"]) or None
 
 
 def _ratio_text(x: float, digits: int = 2) -> str:
