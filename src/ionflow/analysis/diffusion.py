@@ -940,10 +940,8 @@ def analyze_arrays(
     fit: FitMode = "ionflow",
     **kwargs,
 ) -> DiffusionAnalysis:
-    """Analyse in-memory positions (frames × atoms × 3, Å) with a 3×3 or per-frame lattice."""
-    positions = np.asarray(positions)
-    if positions.ndim != 3 or positions.shape[2] != 3:
-        raise UserInputError(f"positions must be (frames, atoms, 3), got {positions.shape}")
+    """Analyse in-memory positions (frames × atoms × 3, Å) with a 3×3 or per-frame lattice
+    (shape checked by :func:`~ionflow.analysis.stream.analyze_in_memory`)."""
     pymatgen = fit == "pymatgen"
     return analyze_in_memory(
         positions,

@@ -24,6 +24,7 @@ from ionflow.cli.analysis_cmds import (
     TemperatureOpt,
     TimeStepOpt,
     TrajArg,
+    run_streamed,
 )
 from ionflow.errors import UserInputError
 
@@ -162,9 +163,6 @@ def rotation_cmd(
     """Polyanion rotation: orientational autocorrelations C1, C2 of centre→ligand bonds and
     their relaxation times (seed 000's paddle wheel, measured)."""
     from ionflow.analysis.rotation import RotationAnalysis, plot_rotation
-    from ionflow.cli.analysis_cmds import (
-        run_streamed,
-    )
 
     for flag, el in (("--center", center), ("--ligand", ligand)):
         if el is not None:
