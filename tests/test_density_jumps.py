@@ -387,8 +387,20 @@ def test_li6ps5i_cages_around_4d_and_inter_cage_jumps() -> None:
         sp, frac, lat = _mean_framework(files)
         i4d, i4a = _anions_4d_4a(sp, frac, lat)
         assert len(i4d) == 32 and len(i4a) == 32
-        res = analyze_trajectory(files, [Density(), Jumps(cage_centers_frac=frac[i4d])], **kw)
+        # cages found by the analysis itself: the isolated anions of the first frame
+        res = analyze_trajectory(files, [Density(), Jumps()], **kw)
         out[level] = (res, frac, lat, i4d, i4a, sp)
+        j = res["jumps"]
+        assert j.n_cages == 64 and "isolated anions" in j.cage_source
+        # independent recount: inter-cage = the jump's two sites have different nearest
+        # cage anions, the cage anions being 4d (S there) or 4a (S there) by this test's own
+        # geometric rule
+        centre = i4d if level != "100p" else i4a
+        s = np.array(j.sites_frac)
+        near = np.argmin(min_image_distances(s, frac[centre], lat), axis=1)
+        inter = sum(p.n_jumps for p in j.jumps_by_site_pair if near[p.sites[0]] != near[p.sites[1]])
+        if level != "50p":  # ordered: every site in the cage of the S²⁻ on its sublattice
+            assert j.n_inter_cage_jumps == inter
     # 0p (ordered: S on 4d): every Li site lies on a cage around a 4d anion (2.0–2.7 Å from
     # it, nearer to it than to any 4a anion), and the density network does not percolate
     d0 = out["0p"][0]["density"]

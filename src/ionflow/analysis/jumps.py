@@ -46,9 +46,17 @@ finely enough: the missed fraction is ~Γ·Δt).
   (≈ 1/Γ for a single kind of site).
 * ``jumps_by_site_pair``: per unordered pair of sites with jumps: counts each way, the
   site–site distance and the mean residence at the origin site before these jumps.
-* cages (optional ``cage_centers_frac``, e.g. the isolated 4d anions of an argyrodite):
-  each site belongs to the cage of its nearest centre; a jump is inter-cage when its two
-  sites belong to different cages.
+* cages: each site belongs to the cage of its nearest centre; a jump is inter-cage when its
+  two sites belong to different cages. Centres given (``cage_centers_frac``), or by default
+  (``auto_cages``) the **isolated anions** — anions bonded to no framework cation by the
+  pinned control's rule (:func:`ionflow.structure.classify_anions`) in the first frame,
+  placed at their time-averaged positions (a snapshot is thermally displaced enough to
+  misplace sites midway between two centres), every Wyckoff kind together. Seed 003's cages centre on isolated anions; taking all of them
+  lets the data pick the centre: in Li6PS5I the Li sites lie nearest the 4d anions when S
+  sits there (0 % disorder) and nearest the 4a ones when S and I swap (100 %), so the same
+  rule finds the right cages at either ordering (test on the shared Morgan 2021 runs). No
+  isolated anion (e.g. LGPS, all S bonded to P/Ge) or no anion at all: no cages, with a
+  note.
 """
 
 from __future__ import annotations
@@ -139,7 +147,10 @@ class JumpsResult(BaseModel):
     site_occupancy: list[float] = Field(description="Mean ions on each site (within the radius)")
     site_residence_ps: list[float | None] = Field(description="Mean completed visit per site, ps")
     jumps_by_site_pair: list[SitePairJumps] = Field(description="Per site pair, most jumps first")
-    n_cages: int | None = Field(None, description="Cage centres given")
+    cage_source: str | None = Field(
+        None, description="Where the cage centres came from (given, or the isolated anions)"
+    )
+    n_cages: int | None = Field(None, description="Cage centres (given or isolated anions)")
     site_cage: list[int] | None = Field(None, description="Cage (nearest centre) of each site")
     n_intra_cage_jumps: int | None = Field(None, description="Jumps within one cage")
     n_inter_cage_jumps: int | None = Field(None, description="Jumps between cages")
@@ -212,6 +223,7 @@ class Jumps(StreamedAnalysis):
         sites_lattice: np.ndarray | None = None,
         site_radius_a: float | None = None,
         cage_centers_frac: Sequence[Sequence[float]] | np.ndarray | None = None,
+        auto_cages: bool = True,
         tracer_diffusivity_cm2_s: float | None = None,
         tracer_diffusivity_err_cm2_s: float | None = None,
         grid_spacing_a: float = DEFAULT_GRID_SPACING_A,
@@ -232,6 +244,9 @@ class Jumps(StreamedAnalysis):
             if cage_centers_frac is not None
             else None
         )
+        self.auto_cages = bool(auto_cages) and self.cage_centers_frac is None
+        self.cage_source: str | None = "given" if self.cage_centers_frac is not None else None
+        self._cage_note: str | None = None
         if (tracer_diffusivity_cm2_s is None) != (tracer_diffusivity_err_cm2_s is None):
             raise UserInputError("give D* and its error together")
         if tracer_diffusivity_cm2_s is not None and not (
@@ -278,6 +293,8 @@ class Jumps(StreamedAnalysis):
         self._lat0: np.ndarray | None = None
         self._lattices: list[np.ndarray] = []
         self._npt = False
+        self._cage_idx: np.ndarray | None = None
+        self._cage_n = 0
 
     def accumulate(self, chunk: FrameChunk) -> None:
         if self._r0 is None:
@@ -285,12 +302,58 @@ class Jumps(StreamedAnalysis):
             self._lat0 = np.array(
                 chunk.lattices if chunk.lattices.ndim == 2 else chunk.lattices[0], dtype=float
             )
+            if self.auto_cages:
+                self._isolated_anion_cages(np.asarray(chunk.positions[0], dtype=float))
+        if self._cage_idx is not None:  # time-averaged centres (framework frame)
+            self._cage_sum += chunk.displacements(self._cage_idx).astype(np.float64).sum(axis=0)
+            self._cage_n += chunk.n_frames
         if chunk.lattices.ndim == 3:
             self._npt = True
             self._lattices.append(chunk.lattices.astype(np.float32))
         else:
             self._lattices.append(np.broadcast_to(chunk.lattices, (chunk.n_frames, 3, 3)))
         self._acc.add(chunk)
+
+    def _isolated_anion_cages(self, positions: np.ndarray) -> None:
+        """Cage centres = the isolated anions of the first frame (module docstring)."""
+        from pymatgen.core import Lattice, Structure
+
+        from ionflow.errors import UserInputError as _Input
+        from ionflow.structure import classify_anions
+
+        try:
+            structure = Structure(
+                Lattice(self._lat0), list(self.ctx.species), positions, coords_are_cartesian=True
+            )
+            cls = classify_anions(structure, self.ctx.mobile_species)
+        except (_Input, ValueError) as exc:
+            self._cage_note = f"no cages: anions not classified ({exc})"
+            return
+        iso = sorted(int(i) for i in cls.isolated_indices)
+        if not iso:
+            self._cage_note = "no cages: no isolated anion (every anion bonded to a cation)"
+            return
+        self._cage_idx = np.asarray(iso)
+        self._cage_r0 = positions[iso]
+        self._cage_sum = np.zeros((len(iso), 3))
+        counts: dict[str, int] = {}
+        for i in iso:
+            counts[self.ctx.species[i]] = counts.get(self.ctx.species[i], 0) + 1
+        kinds = ", ".join(f"{n} {el}" for el, n in sorted(counts.items()))
+        self.cage_source = (
+            f"isolated anions of the first frame ({kinds}; pinned-control bonding rule) at "
+            "their mean positions, each site in the cage of its nearest one"
+        )
+
+    def _auto_cage_centres(self) -> None:
+        """Centres = the isolated anions' time-averaged positions: a frame-0 snapshot is
+        thermally displaced by up to ~0.8 Å (Li6PS5I 500 K), enough to hand sites midway
+        between a 4a and a 4d anion to the wrong cage."""
+        if self._cage_idx is None or self.cage_centers_frac is not None:
+            return
+        cart = self._cage_r0 + self._cage_sum / max(self._cage_n, 1)
+        frac = cart @ np.linalg.inv(self._lat0)
+        self.cage_centers_frac = frac - np.floor(frac)
 
     @property
     def lattice0(self) -> np.ndarray | None:
@@ -322,6 +385,8 @@ class Jumps(StreamedAnalysis):
         notes: list[str] = []
         if self._npt:
             notes.append("variable cell: sites and distances use the first frame's cell metric")
+        if self._cage_note is not None:
+            notes.append(self._cage_note)
 
         # -- sites -----------------------------------------------------------------------
         if self.sites_frac is not None:
@@ -418,6 +483,7 @@ class Jumps(StreamedAnalysis):
             before[1:][same] = res_ps
 
         # -- cages -------------------------------------------------------------------------
+        self._auto_cage_centres()
         site_cage = None
         inter = None
         cage_fields: dict = {}
@@ -426,6 +492,7 @@ class Jumps(StreamedAnalysis):
             inter = site_cage[frm] != site_cage[to]
             n_inter = int(inter.sum())
             cage_fields = dict(
+                cage_source=self.cage_source,
                 n_cages=len(self.cage_centers_frac),
                 site_cage=[int(c) for c in site_cage],
                 n_inter_cage_jumps=n_inter,

@@ -228,9 +228,17 @@ def jumps_cmd(
         Path | None,
         typer.Option(
             help="Cage centres (fractional, same formats as --sites): classify jumps as "
-            "intra-/inter-cage by the nearest centre"
+            "intra-/inter-cage by the nearest centre (default: the isolated anions)"
         ),
     ] = None,
+    auto_cages: Annotated[
+        bool,
+        typer.Option(
+            "--auto-cages/--no-auto-cages",
+            help="Without --cage-centers: cages around the isolated anions of the first frame "
+            "(anions bonded to no framework cation, the pinned control's rule)",
+        ),
+    ] = True,
     tracer_diffusivity_cm2_s: Annotated[
         float | None, typer.Option(help="D* for f (default: the MSD of this run)")
     ] = None,
@@ -280,6 +288,7 @@ def jumps_cmd(
         sites_lattice=sites_lattice,
         site_radius_a=site_radius_a,
         cage_centers_frac=centres,
+        auto_cages=auto_cages,
         tracer_diffusivity_cm2_s=tracer_diffusivity_cm2_s,
         tracer_diffusivity_err_cm2_s=tracer_diffusivity_err_cm2_s,
         grid_spacing_a=grid_spacing_a,
@@ -329,5 +338,5 @@ def jumps_cmd(
         typer.echo(
             f"cages: {res.n_inter_cage_jumps} inter-cage, {res.n_intra_cage_jumps} intra-cage "
             f"jumps ({res.inter_cage_jump_rate_per_ps:.3g} / {res.intra_cage_jump_rate_per_ps:.3g} "
-            "per ion per ps)"
+            f"per ion per ps); {res.n_cages} centres: {res.cage_source}"
         )
