@@ -208,6 +208,10 @@ def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]
     eng = spec.engine
     md = mat.md.model_dump(mode="json")
     del md["temperatures_k"]  # each run's key has its own temperature
+    # the target decides how far runs go, not what their first chunk is: MD and analysis
+    # keys stay those of the fixed protocol (a tighter target extends the same runs), and
+    # the target enters from the Arrhenius step on (its controller, ionflow.adaptive)
+    target = md.pop("target", None)
     relax = _key(
         {
             "campaign": spec.campaign,
@@ -253,7 +257,10 @@ def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]
         )
         by_variant.setdefault(v, []).append(keys["analysis", v, t])
     for v, analyses in by_variant.items():
-        keys["arrhenius", v] = _key({"variant": v, "analyses": sorted(analyses)})
+        payload: dict[str, Any] = {"variant": v, "analyses": sorted(analyses)}
+        if target is not None:
+            payload["target"] = mat.md.adaptive_target().as_dict()
+        keys["arrhenius", v] = _key(payload)
     keys["summary",] = _key(
         {"supercell": supercell, "fits": [keys["arrhenius", v] for v in by_variant]}
     )

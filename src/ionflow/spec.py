@@ -82,6 +82,7 @@ __all__ = [
     "ExecutionSpec",
     "MDOverrides",
     "MDSpec",
+    "TargetSpec",
     "MaterialSpec",
     "PinnedSpecies",
     "RelaxSpec",
@@ -448,6 +449,73 @@ def _check_temperatures(values: list[float]) -> list[float]:
     return sorted(values)
 
 
+def _expand_auto_temperatures(value: Any) -> Any:
+    """``{auto: {min, max, count}}`` → ``count`` temperatures evenly spaced over
+    [min, max] K (whole kelvin); anything else passes unchanged to the list checks."""
+    if not isinstance(value, dict):
+        return value
+    if set(value) != {"auto"} or not isinstance(value["auto"], dict):
+        raise _fail(f"give a list of temperatures or {{auto: {{min, max, count}}}}, got {value!r}")
+    auto = value["auto"]
+    if set(auto) != {"min", "max", "count"}:
+        missing = sorted({"min", "max", "count"} - set(auto))
+        extra = sorted(set(auto) - {"min", "max", "count"})
+        what = f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}"
+        raise _fail(f"auto: needs exactly min, max and count ({what})")
+    lo, hi, count = auto["min"], auto["max"], auto["count"]
+    for name, x in (("min", lo), ("max", hi)):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or temperature_problem(x):
+            raise _fail(f"auto.{name}: must be a temperature > 0 K, got {x!r}")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise _fail(f"auto.count: must be a whole number ≥ 1, got {count!r}")
+    if count > 1 and not hi > lo:
+        raise _fail(f"auto.max: must be > auto.min ({_fmt_num(lo)} K), got {_fmt_num(hi)}")
+    if count == 1:
+        return [float(lo)]
+    return [float(round(lo + i * (hi - lo) / (count - 1))) for i in range(count)]
+
+
+class TargetSpec(BaseModel):
+    """Precision target of the MD (``md.target``): runs extend until D is known, the
+    material adds temperatures until σ(300 K) is (see :mod:`ionflow.adaptive`)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=False)
+
+    diffusivity_rel_err: Annotated[StrictFloat, _positive("", 10.0)] = Field(
+        0.15, description="Per run: extend until err(D*)/D* ≤ this (no unit, > 0 and ≤ 10)."
+    )
+    extend_ps: Annotated[StrictFloat, _positive("ps", MAX_DURATION_PS)] | None = Field(
+        None,
+        description="Production added per extension in picoseconds (default production_ps; a "
+        "whole number of saved frames).",
+    )
+    max_production_ps: Annotated[StrictFloat, _positive("ps", MAX_DURATION_PS)] = Field(
+        200.0, description="Longest production of one run in picoseconds (≥ production_ps)."
+    )
+    sigma_at_t_factor: Annotated[StrictFloat, _positive("", 1e6)] | None = Field(
+        None,
+        description="Per material: 68 % interval of σ(300 K) within ×/÷ this (no unit, > 1); "
+        "null: only 3 temperatures with D are required.",
+    )
+    max_temperatures: Annotated[StrictInt, _positive("", MAX_TEMPERATURES)] = Field(
+        6, description="Most temperatures per material, starting ladder included (no unit)."
+    )
+    budget_core_hours: Annotated[StrictFloat, _positive("core-h")] | None = Field(
+        None, description="Most core-hours per material's variant fit (core-h); null: none."
+    )
+    max_temperature_k: Annotated[StrictFloat, _positive("K", MAX_TEMPERATURE_K)] | None = Field(
+        None,
+        description="Highest temperature that may be added in kelvin (default: the highest "
+        "starting temperature + 300 K).",
+    )
+
+    @model_validator(mode="after")
+    def _factor_above_one(self) -> TargetSpec:
+        if self.sigma_at_t_factor is not None and self.sigma_at_t_factor <= 1.0:
+            raise _fail(f"sigma_at_t_factor: must be > 1, got {_fmt_num(self.sigma_at_t_factor)}")
+        return self
+
+
 # ------------------------------------------------------------------- field types
 
 PositiveFloat_fs = Annotated[StrictFloat, _positive("fs")]
@@ -541,9 +609,13 @@ _PINNED_ADAPTER: TypeAdapter[Any] = TypeAdapter(PinnedControl)
 class MDSpec(_Model):
     """Molecular-dynamics settings (campaign-wide; materials may override any field)."""
 
-    temperatures_k: Annotated[list[StrictFloat], AfterValidator(_check_temperatures)] = Field(
+    temperatures_k: Annotated[
+        list[StrictFloat],
+        BeforeValidator(_expand_auto_temperatures),
+        AfterValidator(_check_temperatures),
+    ] = Field(
         description="MD temperatures in kelvin; each > 0 and ≤ 5000 K, unique, 1–50 of them "
-        "(sorted ascending).",
+        "(sorted ascending), or {auto: {min, max, count}} (count evenly spaced, whole K).",
     )
     time_step_fs: Annotated[StrictFloat, AfterValidator(_check_time_step)] = Field(
         2.0, description="Integration time step in femtoseconds (0.05 ≤ dt ≤ 5 fs)."
@@ -584,6 +656,11 @@ class MDSpec(_Model):
         None,
         description="MD steps per restartable segment in steps (VASP); null = one segment.",
     )
+    target: TargetSpec | None = Field(
+        None,
+        description="Precision target (no unit): runs are extended and temperatures added "
+        "until D and σ(300 K) are known this well (ionflow.adaptive); null: fixed lengths.",
+    )
 
     #: set when validated for the VASP engine (kept when pydantic re-runs the check on an
     #: instance placed in another model, which passes no context)
@@ -622,6 +699,7 @@ class MDSpec(_Model):
                 )
             )
             return problems
+        problems += self.target_problems()
         n_frames = self.n_production_frames
         if n_frames < MIN_PRODUCTION_FRAMES:
             need_ps = MIN_PRODUCTION_FRAMES * interval / 1000.0
@@ -634,7 +712,58 @@ class MDSpec(_Model):
                 )
             )
             return problems
-        return self.md_job_problems() if md_job_rules else []
+        return problems + (self.md_job_problems() if md_job_rules else [])
+
+    def target_problems(self) -> list[tuple[str, str]]:
+        """Problems of ``target`` against the other settings, as ``(field, message)``."""
+        tg = self.target
+        if tg is None:
+            return []
+        out: list[tuple[str, str]] = []
+        if tg.max_production_ps < self.production_ps:
+            out.append(
+                (
+                    "target",
+                    f"max_production_ps: must be ≥ production_ps ({_fmt_num(self.production_ps)}"
+                    f" ps), got {_fmt_num(tg.max_production_ps)}",
+                )
+            )
+        frame_ps = self.frame_stride_steps * self.time_step_fs / 1000.0
+        for key in ("extend_ps", "max_production_ps"):
+            value = getattr(tg, key)
+            if value is None:
+                continue
+            frames = value / frame_ps
+            if abs(frames - round(frames)) > 1e-6 * max(1.0, frames):
+                out.append(
+                    (
+                        "target",
+                        f"{key}: must be a whole number of saved frames ({frame_ps:.6g} ps "
+                        f"each), got {_fmt_num(value)}",
+                    )
+                )
+        if tg.max_temperature_k is not None and tg.max_temperature_k < max(self.temperatures_k):
+            out.append(
+                (
+                    "target",
+                    f"max_temperature_k: must be ≥ the highest temperature "
+                    f"({_fmt_num(max(self.temperatures_k))} K), got "
+                    f"{_fmt_num(tg.max_temperature_k)}",
+                )
+            )
+        return out
+
+    def adaptive_target(self) -> Any:
+        """The :class:`ionflow.adaptive.Target` of these settings (None without target)."""
+        if self.target is None:
+            return None
+        from ionflow.adaptive import DEFAULT_HEADROOM_K, Target
+
+        tg = self.target.model_dump()
+        tg["extend_ps"] = tg["extend_ps"] or self.production_ps
+        if tg["max_temperature_k"] is None:
+            tg["max_temperature_k"] = max(self.temperatures_k) + DEFAULT_HEADROOM_K
+        return Target.from_mapping({**tg, "first_chunk_ps": self.production_ps})
 
     def md_settings(self, temperature_k: float | None = None) -> Any:
         """The :class:`ionflow.md.MDSettings` an MD job of these settings builds (the job's
