@@ -250,6 +250,7 @@ def run_md(
     *,
     progress: Callable[[int, int], None] | None = None,
     guard: Callable[[], None] | None = None,
+    production_steps_total: int | None = None,
 ) -> MDRunResult:
     """Run (or resume) NVT equilibration + production MD, streaming frames to disk.
 
@@ -273,6 +274,13 @@ def run_md(
     guard
         Called before every write to ``workdir`` (frames, checkpoints); it raises to stop
         the run without writing (the fencing of :mod:`ionflow.lease`).
+    production_steps_total
+        Extend the run (:mod:`ionflow.adaptive`): production steps to reach in total, more
+        than ``settings.production_steps``. The run is still identified by ``settings``
+        (its first chunk): a completed or interrupted run of the same settings in
+        ``workdir`` continues from its checkpoint — ``production.traj`` grows, no frame is
+        repeated or skipped — and a directory already at or past this length returns at
+        once with what it holds.
 
     Returns
     -------
@@ -310,13 +318,18 @@ def run_md(
         raise RuntimeError("internal error: degrees-of-freedom count mismatch")
 
     fingerprint = _fingerprint(work, fixed, settings, calculator)
+    if production_steps_total is not None and production_steps_total > settings.production_steps:
+        settings = settings.model_copy(update={"production_steps": int(production_steps_total)})
+        MDSettings.model_validate(settings.model_dump())  # the same rules for the new length
     paths = _Paths(workdir)
     meta = _metadata(settings, fixed, n_dof, calculator, n_atoms)
 
     ckpt, recovery_note = _usable_checkpoint(paths, fingerprint, guard)
 
     total = settings.total_steps
-    if ckpt is not None and bool(ckpt["completed"]):
+    if ckpt is not None and (bool(ckpt["completed"]) or int(ckpt["step"]) >= total) and (
+        int(ckpt["step"]) >= total
+    ):
         return _result(
             paths,
             settings,
@@ -463,6 +476,11 @@ def _fixed_indices(atoms: Atoms) -> list[int]:
 
 
 def _calculator_name(calculator: Any) -> str:
+    # A stand-in that returns another calculator's results (ionflow.batched's replica
+    # calculators) names that calculator, so a batched replica is the same run as a lone one.
+    name = getattr(calculator, "ionflow_calculator_name", None)
+    if isinstance(name, str):
+        return name
     return f"{type(calculator).__module__}.{type(calculator).__qualname__}"
 
 
