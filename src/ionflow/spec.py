@@ -68,7 +68,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ionflow.engines import MD_ENGINES, RELAX_ENGINES
+from ionflow.engines import DEVICES, ENGINES, MD_ENGINES, ML_ENGINES, RELAX_ENGINES
 from ionflow.errors import MAX_MESSAGE_LINE, UserInputError, printable
 from ionflow.rules import check_temperature_k, temperature_problem  # noqa: F401
 from ionflow.uris import redact_uri, uri_problem
@@ -892,6 +892,19 @@ class EngineSpec(_Model):
     md: EngineName = Field(
         "chgnet", description=f"MD engine (no unit): {', '.join(ALLOWED_ENGINES)}."
     )
+    model: StrictStr | None = Field(
+        None,
+        description="The potential's model (no unit): a variant name of the engine (e.g. "
+        "7net-0, 0.3.0, medium) or a model file path relative to the YAML file's directory; "
+        "default: the engine's default variant. It belongs to the ML engine of relax/md "
+        "(both, when they name the same one).",
+    )
+    device: Annotated[Literal[DEVICES], _choice("device", DEVICES)] | None = Field(
+        None,
+        description="Where the potential runs (no unit): auto (cuda when torch sees a GPU, "
+        "else cpu), cpu or cuda; default cpu. Ignored by engines that take no device "
+        "(m3gnet, toy, vasp).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -900,6 +913,78 @@ class EngineSpec(_Model):
         if isinstance(value, str):
             return {"relax": value, "md": value}
         return value
+
+    @property
+    def model_engine(self) -> str | None:
+        """The ML engine ``model`` belongs to (None when relax and md name none)."""
+        ml = [e for e in dict.fromkeys((self.md, self.relax)) if e in ML_ENGINES]
+        return ml[0] if ml else None
+
+    def calculator_kwargs(self, engine: str) -> dict[str, Any]:
+        """The :func:`ionflow.potentials.get_calculator` options of ``engine`` (relax or md
+        engine): ``model`` when given for it, ``device`` when given and it takes one."""
+        out: dict[str, Any] = {}
+        if self.model is not None and engine == self.model_engine:
+            out["model"] = self.model
+        if self.device is not None and ENGINES[engine].device:
+            out["device"] = self.device
+        return out
+
+    @model_validator(mode="after")
+    def _model_owner(self) -> EngineSpec:
+        if self.model is None:
+            return self
+        ml = [e for e in dict.fromkeys((self.md, self.relax)) if e in ML_ENGINES]
+        msg = None
+        if not ml:
+            msg = f"model needs an ML engine, but relax is {self.relax} and md is {self.md}"
+        elif len(ml) > 1:
+            msg = (
+                f"model belongs to one potential, but relax ({self.relax}) and md "
+                f"({self.md}) differ: use the same engine for both, or relax: none"
+            )
+        elif not ENGINES[ml[0]].models:
+            msg = f"engine {ml[0]} takes no model (got {self.model!r})"
+        if msg:
+            raise PydanticCustomError(
+                _MULTI_ERROR_TYPE, "{detail}", {"detail": msg, "problems": [("model", msg)]}
+            )
+        return self
+
+
+class EngineOverrides(_Model):
+    """A material's ``engine`` keys (each optional; merged over the campaign's)."""
+
+    relax: RelaxEngineName | None = Field(None, description="Relaxation engine (no unit).")
+    md: EngineName | None = Field(None, description="MD engine (no unit).")
+    model: StrictStr | None = Field(None, description="Model variant or file (no unit).")
+    device: Annotated[Literal[DEVICES], _choice("device", DEVICES)] | None = Field(
+        None, description="auto, cpu or cuda (no unit)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"relax": value, "md": value}
+        return value
+
+
+def _merge_engine(campaign: EngineSpec, override: EngineOverrides | None) -> EngineSpec:
+    """A material's engine: its ``engine`` keys over the campaign's. The campaign's
+    ``model`` is inherited only while it still belongs to the same potential."""
+    if override is None:
+        return campaign
+    given = override.model_fields_set
+    merged = {k: getattr(campaign, k) for k in ("relax", "md", "device")}
+    merged.update({k: getattr(override, k) for k in given if k != "model" and getattr(override, k)})
+    if "model" in given:
+        merged["model"] = override.model
+    else:
+        probe = EngineSpec.model_construct(**merged, model=None)
+        if campaign.model is not None and probe.model_engine == campaign.model_engine:
+            merged["model"] = campaign.model
+    return EngineSpec.model_validate(merged)
 
 
 class RelaxSpec(_Model):
@@ -1000,6 +1085,12 @@ class MaterialSpec(_Model):
         description="Per-material analysis settings, merged key by key over the campaign "
         "analysis (e.g. analyses: [diffusion, vdos]; no unit).",
     )
+    engine: EngineOverrides | None = Field(
+        None,
+        description="Per-material engine keys (relax, md, model, device; no unit), merged key "
+        "by key over the campaign engine; the campaign model is kept only while it belongs "
+        "to the same potential. VASP is chosen campaign-wide.",
+    )
 
 
 class ExecutionSpec(_Model):
@@ -1075,6 +1166,11 @@ class CampaignSpec(_Model):
         default_factory=VaspSpec, description="Campaign-wide VASP settings (INCAR overrides)."
     )
 
+    def engine_for(self, material: Any) -> EngineSpec:
+        """The engine of ``material`` (a :class:`ResolvedMaterial`): its merged ``engine``
+        when it has one, else the campaign's."""
+        return getattr(material, "engine", None) or self.engine
+
 
 def _det3(m: Sequence[Sequence[int]]) -> int:
     """Determinant of a 3×3 integer matrix (exact)."""
@@ -1100,6 +1196,11 @@ class ResolvedMaterial(BaseModel):
     analysis: AnalysisSpec | None = Field(
         None,
         description="Campaign analysis merged with the material's (None: the campaign's).",
+    )
+    engine: EngineSpec | None = Field(
+        None,
+        description="Campaign engine merged with the material's, model paths made absolute "
+        "(None: the campaign's; use CampaignSpec.engine_for).",
     )
     supercell_matrix: list[list[int]] = Field(
         description="3×3 integer supercell matrix reaching md.supercell_min_length_a (no unit)."
@@ -1565,6 +1666,21 @@ def _elements(structure: Any) -> list[str]:
     return sorted({el.symbol for el in structure.composition.elements})
 
 
+def _resolve_engine_model(engine: EngineSpec, base_dir: Path) -> tuple[EngineSpec, str | None]:
+    """``engine`` with its model made canonical (a variant name, or an absolute path to a
+    model file that exists), or the one-line problem with it."""
+    from ionflow.potentials import resolve_model
+
+    owner = engine.model_engine
+    if owner is None or engine.model is None:
+        return engine, None
+    try:
+        model = resolve_model(owner, engine.model, base_dir=base_dir)
+    except UserInputError as exc:
+        return engine, str(exc)
+    return engine.model_copy(update={"model": model}), None
+
+
 def _engine_md(raw: Any) -> str | None:
     """The MD engine named by a raw campaign mapping (lower case), if it names one."""
     engine = raw.get("engine") if isinstance(raw, dict) else None
@@ -1702,6 +1818,14 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
                 update={"execution": spec.execution.model_copy(update={"launchpad": str(lp)})}
             )
 
+    # engine.model: a known variant, or a model file that exists (relative to the YAML file)
+    if spec is not None and spec.engine.model is not None:
+        engine, err = _resolve_engine_model(spec.engine, base_dir)
+        if err:
+            problems.add(("engine", "model"), err)
+        else:
+            spec = spec.model_copy(update={"engine": engine})
+
     resolved: list[ResolvedMaterial] = []
     for i, (mat, overrides_ok) in enumerate(materials):
         if mat is None:
@@ -1729,6 +1853,27 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
                         (*prefix, "md", "pinned_control", "species"),
                         f"cannot pin the mobile species {mobile}",
                     )
+
+        # the material's engine merged over the campaign's
+        mat_engine: EngineSpec | None = None
+        if spec is not None and mat.engine is not None:
+            try:
+                mat_engine = _merge_engine(spec.engine, mat.engine)
+            except ValidationError as exc:
+                for loc, msg in _pydantic_problems(exc, EngineSpec, ()):
+                    problems.add((*prefix, "engine", *loc), msg)
+            else:
+                campaign_vasp = ("vasp" in (spec.engine.relax,), "vasp" in (spec.engine.md,))
+                if ("vasp" in (mat_engine.relax,), "vasp" in (mat_engine.md,)) != campaign_vasp:
+                    problems.add(
+                        (*prefix, "engine"),
+                        "vasp is chosen campaign-wide (engine.relax / engine.md), not per material",
+                    )
+                    mat_engine = None
+                elif mat_engine.model is not None:
+                    mat_engine, err = _resolve_engine_model(mat_engine, base_dir)
+                    if err:
+                        problems.add((*prefix, "engine", "model"), err)
 
         # structure
         # shown in messages relative to the working directory when the YAML path is relative
@@ -1818,6 +1963,7 @@ def load_campaign(path: str | Path) -> tuple[CampaignSpec, list[ResolvedMaterial
                 pinned_indices=pinned,
                 pinned_reason=reason,
                 structure=structure,
+                engine=mat_engine,
             )
         )
 
