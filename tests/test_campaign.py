@@ -440,3 +440,17 @@ def test_default_analyses_mechanism_end_to_end(project):
     md = (project / "report" / "report.md").read_text()
     assert "### Mechanism" in md and "ionflow export-density --campaign mechanism" in md
     assert s.mechanism_verdict.split(";")[0] in md
+    # the pathway figures of the free run: its density (read back from GridFS) and, when the
+    # jumps analysis found sites, its jump network; the mechanism numbers against T
+    from PIL import Image, ImageStat
+
+    figs = {f.name: f for f in (project / "report" / "figures").iterdir()}
+    free = next(r for r in runs if r.variant == "free")
+    wanted = ["_density.png", "_mechanism_vs_t.png"]
+    wanted += ["_jumps.png"] if free.results.get("jumps") is not None else []
+    for suffix in wanted:
+        (name,) = [n for n in figs if n.endswith(suffix)]
+        assert name in md
+        img = Image.open(figs[name]).convert("L")
+        assert max(ImageStat.Stat(img).stddev) > 10  # drawn, not blank
+    assert not any(n.endswith("_jumps.png") for n in figs) or "_jumps.png" in wanted

@@ -95,6 +95,7 @@ def sane(img: Image.Image) -> None:
 
 #: matplotlib's colours of the series the report draws
 TAB_BLUE, TAB_RED, TAB_PURPLE = (31, 119, 180), (214, 39, 40), (148, 103, 189)
+TAB_ORANGE = (255, 127, 14)
 
 
 def pixels_of(img: Image.Image, rgb: tuple[int, int, int], tol: int = 40) -> int:
@@ -105,10 +106,29 @@ def pixels_of(img: Image.Image, rgb: tuple[int, int, int], tol: int = 40) -> int
     return int((np.abs(a - np.array(rgb)).max(axis=2) <= tol).sum())
 
 
+def _mechanism_series(summary) -> dict[str, int]:
+    """Per variant, how many (run, mechanism field) values the vs-T figure can draw."""
+    from ionflow.report import MECHANISM_SERIES
+
+    out = {}
+    for v in (summary.free, summary.pinned):
+        if v is None:
+            continue
+        n = sum(getattr(r, f) is not None for r in v.runs for f, *_ in MECHANISM_SERIES)
+        if n:
+            out[v.variant] = n
+    return out
+
+
 def draws(img: Image.Image, data_file: str, summary) -> None:
     """The figure shows its series: the Arrhenius plot one colour per fitted variant (free
-    and pinned: blue then red, in that order); an MSD grid the MSCD curves (purple)."""
-    if data_file.endswith("_arrhenius.png"):
+    and pinned: blue then red, in that order); an MSD grid the MSCD curves (purple); the
+    mechanism-vs-T panels blue for free and orange for pinned values."""
+    if data_file.endswith("_mechanism_vs_t.png"):
+        drawn = _mechanism_series(summary)
+        assert (pixels_of(img, TAB_BLUE) > 20) == ("free" in drawn), data_file
+        assert (pixels_of(img, TAB_ORANGE) > 20) == ("pinned" in drawn), data_file
+    elif data_file.endswith("_arrhenius.png"):
         fits = [v for v in (summary.free, summary.pinned) if v is not None and v.arrhenius]
         assert pixels_of(img, TAB_BLUE) > 40, data_file
         assert (pixels_of(img, TAB_RED) > 40) == (len(fits) == 2), data_file
@@ -172,13 +192,17 @@ def test_report_files_and_content(report):
             expected += [
                 f"figures/{stem}_msd_{v}.png" for v in ("free", "pinned")[: 1 + bool(s.pinned)]
             ]
+        if _mechanism_series(s):
+            expected.append(f"figures/{stem}_mechanism_vs_t.png")
     assert [img["data-file"] for img in page.images] == expected
     assert sorted(p.relative_to(out).as_posix() for p in paths.figures) == sorted(expected)
     by_stem = {f"figures/{s.campaign}_{s.material}": s for s in summaries}
     for img in page.images:
         inline = png_of(img["src"])
         sane(inline)
-        stem = img["data-file"].rsplit("_", 2 if "_msd_" in img["data-file"] else 1)[0]
+        stem = re.sub(
+            r"_(arrhenius|msd_free|msd_pinned|mechanism_vs_t)\.png$", "", img["data-file"]
+        )
         draws(inline, img["data-file"], by_stem[stem])
         assert (out / img["data-file"]).read_bytes() == base64.b64decode(img["src"].split(",")[1])
         assert img["alt"]

@@ -31,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ionflow.analysis.arrhenius import BOLTZMANN_EV_K
 from ionflow.errors import UserInputError, printable
 from ionflow.results import (
     RunAnalysis,
     ea_resolved,
+    export_density,
     format_number,
     iter_run_analyses,
     known_campaigns,
@@ -145,6 +147,7 @@ MECHANISM_COLUMNS = (
     "D_VACF (cm²/s)",
     "percolation dim",
     "Γ (ps⁻¹)",
+    "Γ inter-cage (ps⁻¹)",
     "f",
     "density file",
 )
@@ -180,6 +183,7 @@ def _mechanism_cells(s: MaterialSummary) -> list[list[str]]:
             _pm(r.diffusivity_from_vacf_cm2_s, r.diffusivity_from_vacf_err_cm2_s),
             "—" if r.percolation_dimension is None else f"{r.percolation_dimension}-D",
             _pm(r.jump_rate_per_ps, r.jump_rate_err_per_ps),
+            _g(r.inter_cage_jump_rate_per_ps),
             _pm(r.correlation_factor, r.correlation_factor_err, 2),
             r.density_file or "—",
         ]
@@ -265,6 +269,157 @@ def _mechanism_figure(
         f"{s.mobile_species} vibrational density of states, free vs pinned runs.",
         _png(fig),
     )
+
+
+#: the per-run mechanism numbers drawn against T: (field, error field, axis label, log y)
+MECHANISM_SERIES = (
+    ("tau_p2_ps", "tau_p2_err_ps", "τ2 of the polyanions (ps)", True),
+    ("jump_rate_per_ps", "jump_rate_err_per_ps", "jump rate Γ (ps⁻¹ per ion)", True),
+    ("inter_cage_jump_rate_per_ps", None, "inter-cage jump rate (ps⁻¹ per ion)", True),
+    ("correlation_factor", "correlation_factor_err", "correlation factor f", False),
+    ("percolation_dimension", None, "Li density percolation dimension", False),
+)
+_VARIANT_STYLE = {"free": ("tab:blue", "o", "-"), "pinned": ("tab:orange", "s", "--")}
+
+
+def _mechanism_vs_t_figure(s: MaterialSummary, stem: str, dpi: int) -> Figure | None:
+    """τ2, Γ (with its Arrhenius ν0·exp(−ΔH/kT)), inter-cage Γ, f and the percolation
+    dimension against temperature, free vs pinned."""
+    variants = [v for v in (s.free, s.pinned) if v is not None]
+    panels = [
+        p
+        for p in MECHANISM_SERIES
+        if sum(getattr(r, p[0]) is not None for v in variants for r in v.runs) >= 1
+    ]
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.3 * len(panels), 3.3), dpi=dpi, squeeze=False
+    )
+    for ax, (name, err_name, label, log) in zip(axes[0], panels, strict=True):
+        for v in variants:
+            color, marker, ls = _VARIANT_STYLE[v.variant]
+            pts = [
+                (r.temperature_k, getattr(r, name), getattr(r, err_name) if err_name else None)
+                for r in v.runs
+                if getattr(r, name) is not None and (not log or getattr(r, name) > 0)
+            ]
+            if not pts:
+                continue
+            pts.sort()
+            t = [p[0] for p in pts]
+            y = [p[1] for p in pts]
+            e = [p[2] or 0.0 for p in pts]
+            ax.errorbar(t, y, yerr=e, color=color, marker=marker, ls=ls, ms=4, capsize=2,
+                        label=v.variant)  # fmt: skip
+            if name == "jump_rate_per_ps" and v.attempt_frequency_thz is not None:
+                tt = [min(t) + (max(t) - min(t)) * k / 40 for k in range(41)]
+                ea = v.jump_activation_enthalpy_ev or 0.0
+                fit = [v.attempt_frequency_thz * math.exp(-ea / (BOLTZMANN_EV_K * x)) for x in tt]
+                ax.plot(tt, fit, color=color, lw=0.8, ls=":",
+                        label=f"{v.variant}: ΔH = {ea:.2f} eV")  # fmt: skip
+        if name == "tau_p2_ps":  # frozen groups have no τ2: say so where it would be
+            frozen = [
+                f"{v.variant}: no reorientation at "
+                + ", ".join(f"{r.temperature_k:g}" for r in v.runs)
+                + " K"
+                for v in variants
+                if v.runs and all(r.tau_p2_reason and "no reorientation" in r.tau_p2_reason
+                                  for r in v.runs)
+            ]  # fmt: skip
+            if frozen:
+                ax.text(0.03, 0.03, "\n".join(frozen), transform=ax.transAxes, fontsize=6)
+        if log:
+            ax.set_yscale("log")
+        if name == "percolation_dimension":
+            ax.set_ylim(-0.3, 3.3)
+            ax.set_yticks([0, 1, 2, 3])
+        ax.set(xlabel="T (K)", ylabel=label)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"{s.material}: mechanism vs temperature, free vs pinned", fontsize=10)
+    fig.tight_layout()
+    names = ", ".join(p[2] for p in panels)
+    fitted = any(v.attempt_frequency_thz is not None for v in variants) and "jump_rate_per_ps" in {
+        p[0] for p in panels
+    }
+    return Figure(
+        f"{stem}_mechanism_vs_t.png",
+        f"{s.material}: {names} against temperature (free ●, pinned ■; 1σ bars"
+        + ("; dotted: the jump-rate Arrhenius fit Γ = ν0·exp(−ΔH/kT))." if fitted else ")."),
+        _png(fig),
+    )
+
+
+def _pathway_figures(
+    source: Any, s: MaterialSummary, runs: list[RunAnalysis], stem: str
+) -> tuple[list[Figure], str | None]:
+    """The mobile-ion density (projection with its sites; percolation dimension against the
+    iso-level) and the jump network of the hottest free run with a stored density (pinned
+    when no free run has one); the density comes from its CHGCAR in GridFS. Returns the
+    figures and a note when the density file could not be read."""
+    with_density = [r for r in runs if r.results.get("density") is not None]
+    if not with_density:
+        return [], None
+    run = max(with_density, key=lambda r: (r.variant == "free", r.temperature_k))
+    what = f"{s.material} {run.variant} {run.temperature_k:g} K"
+    try:
+        lattice, values = _stored_density(source, s, run)
+    except (UserInputError, OSError, ValueError) as exc:
+        return [], f"Density of {what} not drawn: {printable(str(exc))}"
+    from ionflow.analysis.density import plot_density, smooth_density
+
+    dens = run.results["density"]
+    rel = values / max(float(values.mean()), 1e-300)  # CHGCAR: mean over the grid = N ions
+    fig = plot_density(dens, smooth_density(rel, lattice, dens.smooth_a), lattice)
+    fig.suptitle(f"{what}: {dens.species} density (drift-removed framework frame)", fontsize=10)
+    fig.tight_layout()
+    figs = [
+        Figure(
+            f"{stem}_density.png",
+            f"{dens.species} probability density of {what}, projected along c (log scale; "
+            f"white: the {dens.n_sites} sites) and the dimension of the connected network "
+            f"above each iso-level (percolates in {dens.percolation_dimension}-D at "
+            f"{dens.iso_level:g}ρ̄). CHGCAR: ionflow export-density.",
+            _png(fig),
+        )
+    ]
+    jumps = run.results.get("jumps")
+    if jumps is not None:
+        from ionflow.analysis.jumps import plot_jumps
+
+        fig = plot_jumps(jumps, lattice)
+        fig.suptitle(f"{what}: jump network", fontsize=10)
+        fig.tight_layout()
+        cages = (
+            f"; red: between cages ({jumps.cage_source or 'given centres'})"
+            if jumps.n_inter_cage_jumps is not None
+            else ""
+        )
+        figs.append(
+            Figure(
+                f"{stem}_jumps.png",
+                f"Site-to-site jumps of {what} projected along c (line width ∝ log jumps"
+                f"{cages}) and the jump-length histogram.",
+                _png(fig),
+            )
+        )
+    return figs, None
+
+
+def _stored_density(source: Any, s: MaterialSummary, run: RunAnalysis):
+    """(lattice, CHGCAR values) of a run's stored density file."""
+    import tempfile
+
+    from pymatgen.io.vasp import Chgcar
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export_density(
+            source, Path(tmp) / "density.CHGCAR", campaign=s.campaign, material=s.material,
+            variant=run.variant, temperature_k=run.temperature_k,
+        )  # fmt: skip
+        chg = Chgcar.from_file(str(path))
+    return chg.structure.lattice.matrix, chg.data["total"]
 
 
 def _pyplot():
@@ -411,7 +566,12 @@ def build_sections(
         mech = _mechanism_figure(s, runs, stem, dpi)
         if mech is not None:
             sec.figures.append(mech)
-        sec.notes = _notes(s, runs)
+        vs_t = _mechanism_vs_t_figure(s, stem, dpi)
+        if vs_t is not None:
+            sec.figures.append(vs_t)
+        pathways, pathway_note = _pathway_figures(source, s, runs, stem)
+        sec.figures += pathways
+        sec.notes = _notes(s, runs) + ([pathway_note] if pathway_note else [])
         sections.append(sec)
     return sections
 

@@ -148,6 +148,13 @@ class RunSummary(BaseModel):
     mean_jump_length_a: float | None = Field(None, description="Mean jump length, Å")
     correlation_factor: float | None = Field(None, description="f = D*/D_jump")
     correlation_factor_err: float | None = Field(None, description="1σ of f")
+    inter_cage_jump_rate_per_ps: float | None = Field(
+        None,
+        description="Jumps between cages (isolated-anion cages by default) per ion per ps",
+    )
+    intra_cage_jump_rate_per_ps: float | None = Field(
+        None, description="Jumps within one cage per ion per ps"
+    )
     density_file: str | None = Field(
         None, description="GridFS file name of the run's density CHGCAR (ionflow export-density)"
     )
@@ -227,6 +234,8 @@ def mechanism_fields(
             mean_jump_length_a=ju.mean_jump_length_a,
             correlation_factor=ju.correlation_factor,
             correlation_factor_err=ju.correlation_factor_err,
+            inter_cage_jump_rate_per_ps=ju.inter_cage_jump_rate_per_ps,
+            intra_cage_jump_rate_per_ps=ju.intra_cage_jump_rate_per_ps,
         )
     if density_file:
         out["density_file"] = density_file.get("filename")
