@@ -41,6 +41,24 @@ def run_directory(run_root: str | None, campaign: str, material: str, tag: str, 
     return (root / campaign / material / f"{tag}_{digest}").resolve()
 
 
+def _model_key(engine: str, calculator_kwargs: dict) -> dict:
+    """The run directory's record of ``engine.model``: nothing when not given (directories
+    as before the key existed), else ``{"model": variant or sha256:<hex> of the file}``."""
+    model = calculator_kwargs.get("model")
+    if model is None:
+        return {}
+    from ionflow.potentials import model_identity
+
+    return {"model": model_identity(engine, model)}
+
+
+def _provenance(engine: str, calculator_kwargs: dict) -> dict:
+    """:func:`ionflow.potentials.potential_provenance` of the run's potential."""
+    from ionflow.potentials import potential_provenance
+
+    return potential_provenance(engine, **calculator_kwargs)
+
+
 @dataclass
 class MLMDMaker(Maker):
     """NVT MD at one temperature with an ML potential; pinned when ``fixed_indices`` given.
@@ -71,6 +89,10 @@ class MLMDMaker(Maker):
         Labels for the working directory and the stored trajectory.
     run_root
         Root of the MD working directories (``IONFLOW_RUN_ROOT`` overrides).
+    calculator_kwargs
+        Options of :func:`ionflow.potentials.get_calculator` (``model``, ``device``); the
+        output's ``potential`` records which potential, package version and model file
+        (SHA-256) ran (:func:`ionflow.potentials.potential_provenance`).
     store_velocities
         Keep the frames' velocities (float32, Å/fs) in the stored trajectory (for the
         vibrational density of states); roughly doubles its size.
@@ -131,6 +153,7 @@ class MLMDMaker(Maker):
         key = {
             "settings": settings.model_dump(mode="json"),
             "engine": self.engine,
+            **_model_key(self.engine, self.calculator_kwargs),
             "fixed": fixed,
             "structure": [
                 [s.species_string, *map(lambda x: round(x, 4), s.frac_coords)] for s in structure
@@ -214,6 +237,7 @@ class MLMDMaker(Maker):
             variant=self.variant,
             temperature_k=self.temperature_k,
             engine=self.engine,
+            potential=_provenance(self.engine, self.calculator_kwargs),
             workdir=str(workdir),
             trajectory=ref,
             fixed_indices=fixed,

@@ -3,7 +3,7 @@ through a small ASE relaxation (atomate2 does not know it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobflow import Maker, job
 
@@ -31,6 +31,11 @@ class RelaxMaker(Maker):
         Optimiser steps.
     relax_cell
         Relax the cell too.
+    calculator_kwargs
+        Options of :func:`ionflow.potentials.get_calculator` (``engine.model``,
+        ``engine.device``). With any, or for an engine atomate2 does not know, the
+        relaxation runs through ionflow's own calculator (:func:`relax_with_ase`), so that it
+        uses the same model file as the MD.
     """
 
     name: str = "relax"
@@ -38,10 +43,11 @@ class RelaxMaker(Maker):
     fmax_ev_a: float = 0.05
     max_steps: int = 500
     relax_cell: bool = True
+    calculator_kwargs: dict = field(default_factory=dict)
 
     def make(self, structure):
         """Return a job whose ``output.structure`` is the relaxed structure."""
-        if self.engine in ATOMATE2_FORCE_FIELDS:
+        if self.engine in ATOMATE2_FORCE_FIELDS and not self.calculator_kwargs:
             from atomate2.forcefields.jobs import ForceFieldRelaxMaker
 
             maker = ForceFieldRelaxMaker(
@@ -53,23 +59,36 @@ class RelaxMaker(Maker):
             )
             return maker.make(structure)
         relax = relax_with_ase(
-            structure, self.engine, self.fmax_ev_a, self.max_steps, self.relax_cell
+            structure,
+            self.engine,
+            self.fmax_ev_a,
+            self.max_steps,
+            self.relax_cell,
+            calculator_kwargs=dict(self.calculator_kwargs) or None,
         )
         relax.name = self.name
         return relax
 
 
 @job
-def relax_with_ase(structure, engine: str, fmax_ev_a: float, max_steps: int, relax_cell: bool):
-    """FIRE relaxation (with a FrechetCellFilter when ``relax_cell``) for non-atomate2 engines."""
+def relax_with_ase(
+    structure,
+    engine: str,
+    fmax_ev_a: float,
+    max_steps: int,
+    relax_cell: bool,
+    calculator_kwargs: dict | None = None,
+):
+    """FIRE relaxation (with a FrechetCellFilter when ``relax_cell``) with ionflow's own
+    calculator (engines atomate2 does not know, or a given model/device)."""
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from ionflow.potentials import get_calculator
+    from ionflow.potentials import get_calculator, potential_provenance
 
     atoms = AseAtomsAdaptor.get_atoms(structure)
-    atoms.calc = get_calculator(engine)
+    atoms.calc = get_calculator(engine, **(calculator_kwargs or {}))
     target = FrechetCellFilter(atoms) if relax_cell else atoms
     opt = FIRE(target, logfile=None)
     converged = bool(opt.run(fmax=fmax_ev_a, steps=max_steps))
@@ -79,4 +98,5 @@ def relax_with_ase(structure, engine: str, fmax_ev_a: float, max_steps: int, rel
         "converged": converged,
         "steps": int(opt.nsteps),
         "engine": engine,
+        "potential": potential_provenance(engine, **(calculator_kwargs or {})),
     }

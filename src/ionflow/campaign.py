@@ -56,7 +56,7 @@ def build_material_flow(
     from ionflow.makers.relax import RelaxMaker
     from ionflow.makers.supercell import SupercellMaker
 
-    eng = spec.engine
+    eng = spec.engine_for(mat)
     if eng.md not in (*ML_ENGINES, "vasp"):
         raise UserInputError(
             f"engine.md: {eng.md!r} is not available in this version of ionflow "
@@ -64,6 +64,14 @@ def build_material_flow(
         )
     if eng.relax not in (*ML_ENGINES, "vasp", "none"):
         raise UserInputError(f"engine.relax: {eng.relax!r} is not available in this version")
+    from ionflow.potentials import check_package
+
+    for role, name in (("relax", eng.relax), ("md", eng.md)):
+        if name in ML_ENGINES:
+            try:  # on the submitting machine, before any job exists
+                check_package(name)
+            except UserInputError as exc:
+                raise UserInputError(f"material {mat.name}: engine.{role}: {exc}") from None
     md = mat.md
     analysis = mat.analysis or spec.analysis  # the material's merged over the campaign's
     stride = md.frame_stride_steps
@@ -76,6 +84,7 @@ def build_material_flow(
     elif eng.relax != "none":
         relax = RelaxMaker(
             engine=eng.relax,
+            calculator_kwargs=eng.calculator_kwargs(eng.relax),
             fmax_ev_a=spec.relax.fmax_ev_a,
             max_steps=spec.relax.max_steps,
             relax_cell=spec.relax.relax_cell,
@@ -91,6 +100,7 @@ def build_material_flow(
         ),
         md_maker=MLMDMaker(
             engine=eng.md,
+            calculator_kwargs=eng.calculator_kwargs(eng.md) if eng.md in ML_ENGINES else {},
             time_step_fs=md.time_step_fs,
             equilibration_ps=md.equilibration_ps,
             production_ps=md.production_ps,
@@ -108,6 +118,7 @@ def build_material_flow(
         temperatures_k=tuple(md.temperatures_k),
         pinned_control=mat.has_pinned_control,
         engine_relax=eng.relax,
+        target=None if md.target is None else md.adaptive_target().as_dict(),
     )
     start = mat.structure
     if "vasp" in (eng.relax, eng.md):

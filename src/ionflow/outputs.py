@@ -58,6 +58,29 @@ class SupercellOutput(_Output):
         return list(self.anions.get("isolated_indices", []))
 
 
+class PotentialInfo(BaseModel):
+    """Which potential produced an MD run: the provenance of its D
+    (:func:`ionflow.potentials.potential_provenance`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    engine: str = Field(description="ionflow engine name (chgnet, sevennet, mace, …, toy)")
+    potential: str = Field(description="The potential as papers name it (e.g. SevenNet)")
+    package: str | None = Field(None, description="The pip package that ran it (None: built in)")
+    package_version: str | None = Field(None, description="Its installed version")
+    model: str | None = Field(
+        None, description="Model variant name (e.g. 7net-0) or model file path (engine.model)"
+    )
+    model_file: str | None = Field(
+        None,
+        description="The weights file loaded (a given path, or the one a packaged variant loads)",
+    )
+    model_sha256: str | None = Field(
+        None, description="SHA-256 (hex) of the weights file (None: not known, e.g. a download)"
+    )
+    device: str | None = Field(None, description="cpu | cuda (None: the engine takes none)")
+
+
 class MDOutput(_Output):
     """One MD run, whichever engine ran it: where its production trajectory is and how it
     was made. ``md`` holds the engine's run statistics (``mean_temperature_k`` always)."""
@@ -69,6 +92,9 @@ class MDOutput(_Output):
     variant: str = Field(description="free | pinned")
     temperature_k: float = Field(description="Target temperature, K")
     engine: str = Field(description="MD engine (a potential name or vasp)")
+    potential: PotentialInfo | None = Field(
+        None, description="Which potential, package version and model file ran (provenance)"
+    )
     workdir: str = Field(description="Working directory of the run")
     trajectory: TrajectoryRef = Field(description="The stored production trajectory")
     fixed_indices: list[int] = Field(default_factory=list, description="Atoms held fixed")
@@ -100,6 +126,9 @@ class AnalysisOutput(_Output):
     analysis_uuid: str | None = Field(None, description="jobflow uuid of the analysis job")
     trajectory_sha256: str | None = Field(
         None, description="Checksum of the analysed trajectory (which MD run this is)"
+    )
+    potential: PotentialInfo | None = Field(
+        None, description="The MD output's potential provenance (which potential made this D)"
     )
     analysis: dict[str, Any] = Field(description="DiffusionAnalysis document")
     results: dict[str, dict[str, Any]] | None = Field(

@@ -203,9 +203,22 @@ def _canonical_structure(structure: Any) -> dict[str, Any]:
     }
 
 
+def _model_keys(eng: Any) -> dict[str, dict[str, str]]:
+    """``{engine: {"model": identity}}`` for the engine ``engine.model`` belongs to (the
+    variant name, or ``sha256:<hex>`` of a model file: moving the file keeps the keys,
+    changing its contents changes them); empty without a model, so that keys stay as they
+    were before the key existed. ``engine.device`` never enters a key."""
+    if getattr(eng, "model", None) is None or eng.model_engine is None:
+        return {}
+    from ionflow.potentials import model_identity
+
+    return {eng.model_engine: {"model": model_identity(eng.model_engine, eng.model)}}
+
+
 def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]) -> dict:
     """The reuse key of every stage for ``runs`` (see :func:`stage_keys`)."""
-    eng = spec.engine
+    eng = spec.engine_for(mat)
+    models = _model_keys(eng)
     md = mat.md.model_dump(mode="json")
     del md["temperatures_k"]  # each run's key has its own temperature
     # the target decides how far runs go, not what their first chunk is: MD and analysis
@@ -218,6 +231,7 @@ def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]
             "material": mat.name,
             "structure": _canonical_structure(mat.structure),
             "engine": eng.relax,
+            **models.get(eng.relax, {}),
             "relax": spec.relax.model_dump(mode="json") if eng.relax != "none" else None,
             "incar": mat.vasp_incar if eng.relax == "vasp" else None,
         }
@@ -246,6 +260,7 @@ def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]
             {
                 "supercell": supercell,
                 "engine": eng.md,
+                **models.get(eng.md, {}),
                 "md": md,
                 "incar": mat.vasp_incar if eng.md == "vasp" else None,
                 "variant": v,
@@ -338,7 +353,7 @@ def plan_material(spec: CampaignSpec, mat: ResolvedMaterial) -> MaterialPlan:
         VASP MD segments that cannot be planned (a walltime too short for one step, more
         than :data:`ionflow.vasp.MAX_MD_SEGMENTS` segments per run).
     """
-    name, eng = mat.name, spec.engine
+    name, eng = mat.name, spec.engine_for(mat)
     runs = plan_runs(mat.md.temperatures_k, mat.has_pinned_control)
     keys = _stage_keys(spec, mat, runs)
     segments = None
