@@ -48,7 +48,7 @@ from ionflow.analysis import ArrheniusFit, DiffusionAnalysis
 from ionflow.analysis.arrhenius import ea_is_resolved
 from ionflow.names import CURRENT_COLLECTION as CURRENT_COLLECTION
 from ionflow.names import SUMMARY_COLLECTION as SUMMARY_COLLECTION
-from ionflow.outputs import SupercellOutput
+from ionflow.outputs import PotentialInfo, SupercellOutput
 
 SCHEMA_VERSION = "1.2"
 
@@ -74,6 +74,11 @@ class RunSummary(BaseModel):
     variant: Literal["free", "pinned"] = Field(description="free or pinned-anion control")
     regime: str = Field(description="diffusive | subdiffusive | caged | insufficient")
     regime_reason: str = Field(description="Why")
+    potential: PotentialInfo | None = Field(
+        None,
+        description="Which potential made this run (engine, package version, model, model "
+        "file SHA-256; schema 1.4; None in older documents and VASP runs)",
+    )
     diffusivity_cm2_s: float | None = Field(None, description="Tracer D*, cm²/s")
     diffusivity_err_cm2_s: float | None = Field(
         None, description="1σ total of D*: statistical ⊕ window-systematic, cm²/s"
@@ -320,6 +325,11 @@ class MaterialSummary(BaseModel):
     mobile_species: str
     engine_md: str
     engine_relax: str
+    potential: PotentialInfo | None = Field(
+        None,
+        description="The MD potential of the runs (engine, package version, model, model file "
+        "SHA-256; schema 1.4); None when no run recorded one",
+    )
     temperatures_k: list[float]
     n_atoms_supercell: int
     supercell_matrix: list[list[int]]
@@ -697,6 +707,29 @@ def mechanism_verdict(
     return text, coupled, frozen
 
 
+def material_potential(free: VariantSummary, pinned: VariantSummary | None) -> PotentialInfo | None:
+    """The potential every run of the material recorded (the first run's), or None when no
+    run recorded one.
+
+    Raises
+    ------
+    ValueError
+        Runs of one material made with different models (engine or model file SHA-256):
+        their D values do not belong in one Arrhenius fit.
+    """
+    seen = [r.potential for v in (free, pinned) if v is not None for r in v.runs if r.potential]
+    if not seen:
+        return None
+    first = seen[0]
+    for p in seen[1:]:
+        if (p.engine, p.model, p.model_sha256) != (first.engine, first.model, first.model_sha256):
+            raise ValueError(
+                f"runs made with different potentials: {first.engine} {first.model} "
+                f"({first.model_sha256}) and {p.engine} {p.model} ({p.model_sha256})"
+            )
+    return first
+
+
 def _sigma_note(v: VariantSummary) -> str | None:
     """Why the σ(300 K) extrapolation of a variant is not quoted (None when it is)."""
     if v.ea_resolved is not False or v.sigma_300k_ms_cm is None or v.ea_ev is None:
@@ -759,6 +792,7 @@ def build_summary(
         mobile_species=mobile_species,
         engine_md=engine_md,
         engine_relax=engine_relax,
+        potential=material_potential(free_v, pinned_v),
         temperatures_k=sorted(
             {r.temperature_k for v in (free_v, pinned_v) if v is not None for r in v.runs}
         ),
