@@ -81,6 +81,7 @@ class AnalysisMaker(Maker):
             analysis_uuid=uuid,
             # which MD run this is (find_md_output matches the current summary's runs by it)
             trajectory_sha256=md.trajectory.sha256,
+            potential=md.potential,  # which potential made this D (provenance)
             analysis=res.model_dump(mode="json"),
             results=others or None,
             density_file=density_file,
@@ -171,6 +172,7 @@ class ArrheniusMaker(Maker):
         ids = [
             {
                 "analysis_uuid": o.analysis_uuid,
+                "potential": o.potential,
                 **mechanism_fields(o.parsed_results(), o.result_errors(), o.density_file),
             }
             for o in outs
