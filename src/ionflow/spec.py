@@ -1097,11 +1097,18 @@ class ExecutionSpec(_Model):
     """Where and how the jobs run."""
 
     mode: Annotated[
-        Literal["local", "fireworks"], _choice("execution mode", ("local", "fireworks"))
+        Literal["local", "fireworks", "jobflow-remote"],
+        _choice("execution mode", ("local", "fireworks", "jobflow-remote")),
     ] = Field(
         "local",
-        description="local (run in this process) or fireworks (submit to a FireWorks "
-        "LaunchPad); no unit.",
+        description="local (run in this process), fireworks (submit to a FireWorks "
+        "LaunchPad) or jobflow-remote (a runner on this workstation submits over SSH; "
+        "compute nodes need no database; slurm/README.md); no unit.",
+    )
+    project: Annotated[StrictStr, _check_safe_name("jobflow-remote project")] | None = Field(
+        None,
+        description="jobflow-remote project name (mode jobflow-remote only; default "
+        "'ionflow'; written by `ionflow remote init`); no unit.",
     )
     launchpad: Annotated[StrictStr, _check_path] | None = Field(
         None,
@@ -1124,6 +1131,15 @@ class ExecutionSpec(_Model):
     def _masked(self, value: str | None) -> str | None:
         # every dump of the spec (validate --json, logs, provenance) masks the password
         return redact_uri(value) if value else value
+
+    @model_validator(mode="after")
+    def _project_needs_mode(self) -> ExecutionSpec:
+        if self.project is not None and self.mode != "jobflow-remote":
+            msg = f"project is for mode jobflow-remote only (mode is {self.mode})"
+            raise PydanticCustomError(
+                _MULTI_ERROR_TYPE, "{detail}", {"detail": msg, "problems": [("project", msg)]}
+            )
+        return self
 
     @model_validator(mode="after")
     def _one_source(self) -> ExecutionSpec:

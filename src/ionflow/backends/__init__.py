@@ -85,6 +85,7 @@ __all__ = [
 BACKENDS: dict[str, str] = {
     "fireworks-local": "ionflow.backends.fireworks_local:FireWorksLocal",
     "fireworks-slurm": "ionflow.backends.fireworks_slurm:FireWorksSlurm",
+    "jobflow-remote": "ionflow.backends.jobflow_remote:JobflowRemote",
 }
 
 

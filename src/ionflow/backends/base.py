@@ -38,6 +38,7 @@ __all__ = [
     "Project",
     "RecoveryReport",
     "RunReport",
+    "backend_for",
     "data_dir_path",
     "database_settings",
     "print_failures",
@@ -302,6 +303,7 @@ def run_campaign(
     progress: bool = True,
     echo: Callable[..., Any] = print,
     backend: str = "fireworks-local",
+    backend_options: dict | None = None,
 ) -> dict:
     """Validate, submit (idempotently) and — unless ``submit_only`` — run the campaign.
 
@@ -321,6 +323,7 @@ def run_campaign(
     from ionflow.store import resolve_database
 
     spec, materials = load_campaign(spec_path)  # raises before anything is touched
+    backend, backend_options = backend_for(spec, backend, backend_options)
     spec_path = Path(spec_path).resolve()  # (after: a symlink loop is a one-line error there)
     data_dir = data_dir_path(data_dir)
     project = Project(data_dir)
@@ -328,7 +331,9 @@ def run_campaign(
     settings = database_settings(spec, spec_path, data_dir, uri, launchpad)
     db = resolve_database(settings)
     echo(f"database: {db.description}")
-    with open_backend(backend, db, data_dir=data_dir) as be, project_lock(data_dir):
+    with open_backend(backend, db, data_dir=data_dir, **backend_options) as be, project_lock(
+        data_dir
+    ):
         recovered: dict[str, list] = {}
         if not submit_only:
             rep = be.recover(spec.campaign, retry_failed=True)
@@ -378,6 +383,17 @@ def run_campaign(
         result["failures"] = status.failures
         _echo_recovery_notes(db, spec.campaign, started, echo)
         return result
+
+
+def backend_for(spec, backend: str, options: dict | None = None) -> tuple[str, dict]:
+    """The backend (and its options) a campaign runs on: ``execution.mode: jobflow-remote``
+    selects ``"jobflow-remote"`` with ``execution.project``; otherwise ``backend``."""
+    options = dict(options or {})
+    if getattr(spec.execution, "mode", None) == "jobflow-remote":
+        if backend != "jobflow-remote":
+            backend = "jobflow-remote"
+        options.setdefault("project", spec.execution.project)
+    return backend, options
 
 
 def _echo_recovery_notes(db: ResolvedDatabase, campaign: str, since: str, echo) -> None:

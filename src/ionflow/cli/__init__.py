@@ -29,6 +29,7 @@ def _register() -> None:
     import ionflow.cli.db_cmds  # noqa: F401
     import ionflow.cli.hpc_cmds  # noqa: F401
     import ionflow.cli.pathway_cmds  # noqa: F401
+    import ionflow.cli.remote_cmds  # noqa: F401
     import ionflow.cli.results_cmds  # noqa: F401
     import ionflow.cli.vasp_cmds  # noqa: F401
     import ionflow.cli.vdos_cmds  # noqa: F401
