@@ -545,7 +545,7 @@ def _sevennet_calculator(
         warnings.filterwarnings("ignore", message="No tensor product accelerator")
         try:
             return SevenNetCalculator(model=path, file_type="checkpoint", device=dev, **kwargs)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a file that is not a SevenNet checkpoint
             if not is_model_path(name):
                 raise
             raise UserInputError(
