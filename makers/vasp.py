@@ -676,6 +676,7 @@ class VaspMDMaker(Maker):
             variant=self.variant,
             temperature_k=self.temperature_k,
             engine="vasp",
+            potential={"engine": "vasp", "potential": "VASP"},  # DFT: no model file
             workdir=str(Path.cwd()),
             trajectory=ref,
             fixed_indices=fixed,
