@@ -47,6 +47,11 @@ class MaterialCampaignMaker(Maker):
         Whether to run the pinned variant (decided at submit time from the structure).
     engine_relax
         Relaxation engine (recorded in the summary).
+    target
+        Precision target (:meth:`ionflow.adaptive.Target.as_dict`), or None for the fixed
+        protocol. With a target each variant's Arrhenius job is its controller: it gets
+        the supercell, the pinned atoms and the run makers, and extends runs / adds
+        temperatures by replacing itself (:class:`ionflow.makers.analysis.ArrheniusMaker`).
 
     Every job carries ``metadata.ionflow_stage`` (relax, supercell, md, analysis,
     arrhenius, summary); MD, analysis and Arrhenius jobs also ``ionflow_variant`` and MD
@@ -65,6 +70,7 @@ class MaterialCampaignMaker(Maker):
     temperatures_k: tuple[float, ...] = (600.0, 800.0, 1000.0)
     pinned_control: bool = True
     engine_relax: str = "chgnet"
+    target: dict | None = None
 
     def make(
         self,
@@ -114,9 +120,25 @@ class MaterialCampaignMaker(Maker):
             analyses.setdefault(v, []).append(an.output)
         fits = {}
         for v, outputs in analyses.items():
-            fit = ArrheniusMaker(name=job_name("arrhenius", material, variant=v), variant=v).make(
-                outputs
-            )
+            name = job_name("arrhenius", material, variant=v)
+            if self.target is None:
+                fit = ArrheniusMaker(name=name, variant=v).make(outputs)
+            else:
+                fit = ArrheniusMaker(
+                    name=name,
+                    variant=v,
+                    target=self.target,
+                    md_maker=replace(
+                        self.md_maker, campaign=self.campaign, material=material, variant=v
+                    ),
+                    analysis_maker=self.analysis_maker,
+                    material=material,
+                    add_temperatures=v == "free",
+                ).make(
+                    outputs,
+                    sc.output.structure,
+                    sc.output.pinned_indices if v == "pinned" else None,
+                )
             fit.update_metadata({META_STAGE: "arrhenius", META_VARIANT: v})
             stages.append(("arrhenius", fit))
             fits[v] = fit.output

@@ -6,6 +6,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jobflow import Maker, job
 from jobflow.core.job import JobConfig
@@ -85,6 +86,8 @@ class AnalysisMaker(Maker):
             analysis=res.model_dump(mode="json"),
             results=others or None,
             density_file=density_file,
+            production_ps=getattr(md, "production_ps", None),
+            md_compute=getattr(md, "compute", None),
         ).to_output()
 
 
@@ -155,15 +158,60 @@ def _store_density(density, md, uuid: str | None, store, tmp: Path) -> dict | No
 
 @dataclass
 class ArrheniusMaker(Maker):
-    """Arrhenius fit of one variant's runs (or the reason there is none)."""
+    """Arrhenius fit of one variant's runs (or the reason there is none); with a precision
+    target, also the variant's controller (:mod:`ionflow.adaptive`).
+
+    Parameters
+    ----------
+    name
+        Job name.
+    variant
+        free | pinned.
+    at_temperature_k
+        Extrapolation temperature of σ, K.
+    target
+        :meth:`ionflow.adaptive.Target.as_dict` (None: the fixed protocol, one fit).
+    md_maker, analysis_maker
+        The makers of the variant's runs (set with ``target``): extensions and added
+        temperatures are made by them, in the same run directories.
+    material
+        Material name (job names of extensions).
+    add_temperatures
+        Whether this controller may add temperatures (the free variant's does; the pinned
+        control extends its runs only).
+    round
+        How many decision rounds came before this one.
+
+    With a target, each round decides (:func:`ionflow.adaptive.decide_material`) and either
+    finishes — the :class:`~ionflow.summary.VariantSummary` with ``decisions``,
+    ``core_hours`` and ``target_met`` — or replaces itself (jobflow ``Response``) by the
+    extension MD jobs (same run directory, continued from the checkpoint), the new
+    temperatures' MD jobs, their analyses and the next round, which takes over this job's
+    uuid, so the summary that waits on this job gets the last round's output. The new jobs
+    carry the campaign's metadata and their FireWorks category, so every backend runs
+    them like planned jobs, and a killed worker's job is recovered like any other.
+    """
 
     name: str = "arrhenius"
     variant: str = "free"
     at_temperature_k: float = 300.0
+    target: dict | None = None
+    md_maker: Any = None
+    analysis_maker: Any = None
+    material: str = "material"
+    add_temperatures: bool = True
+    round: int = 0
 
-    @job
-    def make(self, analyses: list[dict]):
-        """Output: a :class:`~ionflow.summary.VariantSummary` document."""
+    @job(config=JobConfig(pass_manager_config=False))
+    def make(
+        self,
+        analyses: list[dict],
+        structure=None,
+        fixed_indices: list[int] | None = None,
+        state: dict | None = None,
+    ):
+        """Output: a :class:`~ionflow.summary.VariantSummary` document (or, with a target
+        not yet met, the next round)."""
         from ionflow.outputs import AnalysisOutput
         from ionflow.summary import mechanism_fields, variant_summary
 
@@ -174,12 +222,148 @@ class ArrheniusMaker(Maker):
                 "analysis_uuid": o.analysis_uuid,
                 "potential": o.potential,
                 **mechanism_fields(o.parsed_results(), o.result_errors(), o.density_file),
+                **_compute_ids(o),
             }
             for o in outs
         ]
-        return variant_summary(self.variant, parsed, ids, self.at_temperature_k).model_dump(
-            mode="json"
+        summary = variant_summary(self.variant, parsed, ids, self.at_temperature_k)
+        if self.target is None:
+            return summary.model_dump(mode="json")
+        return self._decide(outs, summary, structure, fixed_indices, dict(state or {}))
+
+    def _decide(self, outs, summary, structure, fixed_indices, state: dict):
+        """One round of the controller (see the class docstring)."""
+        from dataclasses import replace
+
+        from jobflow import CURRENT_JOB, Flow, Response
+
+        from ionflow.adaptive import (
+            RunState,
+            Target,
+            decide_material,
+            decide_run,
+            extension_line,
         )
+
+        target = Target.from_mapping(self.target)
+        runs = [_run_state(o) for o in outs]
+        lines = list(state.get("decisions", []))
+        pending = state.get("pending", {})
+        for r in runs:
+            before = pending.get(f"{r.temperature_k:g}")
+            if before is not None:
+                lines.append(extension_line(RunState(**before), r))
+        quoted = summary.ea_resolved is True
+        interval = summary.sigma_300k_interval_ms_cm if quoted else None
+        dec = decide_material(runs, target, interval, add_temperatures=self.add_temperatures)
+        if dec.done:
+            lines += dec.lines
+            per_run = {d.temperature_k: d for d in (decide_run(r, target) for r in runs)}
+            for run in summary.runs:
+                d = per_run.get(run.temperature_k)
+                run.target_met = d.target_met if d is not None else None
+            summary.decisions = lines
+            summary.core_hours = dec.spent_core_hours
+            summary.target_met = dec.target_met
+            summary.budget_core_hours = target.budget_core_hours
+            return summary.model_dump(mode="json")
+        lines += [a.line for a in dec.actions if a.kind == "add"]
+        lines += [line for line in dec.lines if line not in lines]  # once, not every round
+        by_t = {r.temperature_k: (r, o) for r, o in zip(runs, outs, strict=True)}
+        current = CURRENT_JOB.job
+        base_meta = {
+            k: v
+            for k, v in (current.metadata if current is not None else {}).items()
+            if k not in ("ionflow_key", "ionflow_job_uuid", "fw_id")
+        }
+        jobs, next_analyses = [], []
+        changed = {a.temperature_k for a in dec.actions}
+        for t, (_, o) in sorted(by_t.items()):
+            if t not in changed:
+                next_analyses.append(o.to_output())
+        new_pending = {}
+        for act in dec.actions:
+            t = act.temperature_k
+            run_tag = f"{self.variant} {t:g}K"
+            if act.kind == "extend":
+                new_pending[f"{t:g}"] = _as_dict(by_t[t][0])
+                suffix = f" ext {act.to_ps:g}ps"
+                extend_to = act.to_ps
+            else:
+                suffix = " added"
+                extend_to = None
+            mdm = replace(
+                self.md_maker,
+                name=f"md {self.material} {run_tag}{suffix}",
+                temperature_k=float(t),
+                variant=self.variant,
+                extend_to_ps=extend_to,
+            )
+            md = mdm.make(structure, fixed_indices if self.variant == "pinned" else None)
+            an = replace(
+                self.analysis_maker, name=f"analysis {self.material} {run_tag}{suffix}"
+            ).make(md.output)
+            for j, stage in ((md, "md"), (an, "analysis")):
+                j.update_metadata(
+                    {
+                        **base_meta,
+                        "ionflow_stage": stage,
+                        "ionflow_variant": self.variant,
+                        "ionflow_temperature_k": float(t),
+                        "ionflow_adaptive": act.kind,
+                    }
+                )
+                j.update_config(
+                    {"manager_config": {"_category": stage if stage == "md" else "analysis"}}
+                )
+            jobs += [md, an]
+            next_analyses.append(an.output)
+        nxt = replace(self, round=self.round + 1).make(
+            next_analyses,
+            structure,
+            fixed_indices,
+            {"decisions": lines, "pending": new_pending},
+        )
+        if current is not None:
+            # the flow's updates of this job (stage "arrhenius", category "analysis") must not
+            # be applied to the new MD and analysis jobs: they carry their own
+            current.metadata_updates = []
+            current.config_updates = []
+            # the next round takes over this job (uuid, key, metadata, category)
+            nxt.set_uuid(current.uuid)
+            nxt.index = current.index + 1
+            nxt.metadata = dict(current.metadata)
+            nxt.config.manager_config = dict(current.config.manager_config)
+        jobs.append(nxt)
+        return Response(replace=Flow(jobs, name=f"{self.name} round {self.round + 1}"))
+
+
+def _compute_ids(o) -> dict:
+    """The run-level compute fields of a summary run from its analysis output."""
+    comp = o.md_compute or {}
+    return {"production_ps": o.production_ps, "core_hours": comp.get("core_hours")}
+
+
+def _run_state(o):
+    """The :class:`ionflow.adaptive.RunState` of one analysis output."""
+    from ionflow.adaptive import RunState
+
+    a = o.diffusion()
+    prod = o.production_ps if o.production_ps is not None else a.duration_ps
+    return RunState(
+        temperature_k=float(o.temperature_k),
+        regime=a.regime,
+        production_ps=float(prod),
+        diffusivity_cm2_s=a.diffusivity_cm2_s,
+        diffusivity_err_cm2_s=a.diffusivity_err_cm2_s,
+        core_hours=float((o.md_compute or {}).get("core_hours") or 0.0),
+    )
+
+
+def _as_dict(run) -> dict:
+    from dataclasses import asdict
+
+    return asdict(run)
 
 
 @dataclass

@@ -96,6 +96,15 @@ class MLMDMaker(Maker):
     store_velocities
         Keep the frames' velocities (float32, Å/fs) in the stored trajectory (for the
         vibrational density of states); roughly doubles its size.
+    extend_to_ps
+        An extension (:mod:`ionflow.adaptive`): run the production to this total length,
+        continuing the run of ``production_ps`` in its own run directory from its
+        checkpoint (None: the first chunk).
+
+    The output records the compute of the run directory over every call of its job
+    (``compute``: wall time, core-hours from the Slurm allocation or the CPU affinity,
+    GPU-hours, atom-steps; :class:`ionflow.adaptive.ComputeLog`) and ``production_ps``,
+    the production actually run.
     """
 
     name: str = "md"
@@ -114,6 +123,7 @@ class MLMDMaker(Maker):
     run_root: str | None = None
     calculator_kwargs: dict = field(default_factory=dict)
     store_velocities: bool = True
+    extend_to_ps: float | None = None
 
     @property
     def tag(self) -> str:
@@ -170,16 +180,20 @@ class MLMDMaker(Maker):
                         lease.check()
                     dirlock.check()
 
-                return self._run_locked(workdir, atoms, settings, fixed, guard)
+                total = steps(self.extend_to_ps) if self.extend_to_ps else None
+                return self._run_locked(workdir, atoms, settings, fixed, guard, total)
         except OSError as exc:  # name the directory when the OS did not (disk full)
             if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise OSError(exc.errno, exc.strerror, str(workdir)) from exc
             raise
 
-    def _run_locked(self, workdir: Path, atoms, settings, fixed: list[int], guard):
+    def _run_locked(
+        self, workdir: Path, atoms, settings, fixed: list[int], guard, total: int | None = None
+    ):
         """The MD, the trajectory file and its upload, holding the run directory's lock."""
         from jobflow import CURRENT_JOB
 
+        from ionflow.adaptive import ComputeLog
         from ionflow.md import run_md
         from ionflow.outputs import MDOutput
         from ionflow.potentials import get_calculator
@@ -187,11 +201,13 @@ class MLMDMaker(Maker):
 
         progress_file = workdir / "progress.json"
         last = [0.0]
+        compute = ComputeLog(workdir)
 
         def progress(done: int, total: int) -> None:
             now = time.monotonic()
             if now - last[0] > 1.0 or done == total:
                 last[0] = now
+                compute.tick()
                 tmp = progress_file.with_suffix(".tmp")
                 tmp.write_text(
                     json.dumps(
@@ -207,7 +223,16 @@ class MLMDMaker(Maker):
                 tmp.replace(progress_file)
 
         calc = get_calculator(self.engine, **self.calculator_kwargs)
-        result = run_md(atoms, calc, settings, workdir, progress=progress, guard=guard)
+        result = run_md(
+            atoms,
+            calc,
+            settings,
+            workdir,
+            progress=progress,
+            guard=guard,
+            production_steps_total=total,
+        )
+        compute.tick()
         frame_fs = self.time_step_fs * self.frame_interval_steps
         guard()
         npz = traj_to_npz(
@@ -242,4 +267,6 @@ class MLMDMaker(Maker):
             trajectory=ref,
             fixed_indices=fixed,
             md=result.model_dump(mode="json"),
+            production_ps=(result.n_production_frames - 1) * frame_fs / 1000.0,
+            compute={**compute.totals(), "atom_steps": len(atoms) * result.steps_done},
         ).to_output()

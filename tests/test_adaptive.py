@@ -61,7 +61,7 @@ def test_extension_line_reads_like_the_issue():
     assert extension_line(before, after) == "1000 K extended 20 → 40 ps: err 0.22 → 0.13"
     assert (
         extension_line(run(600, "insufficient"), run(600, rel=0.4, p=40))
-        == "600 K extended 20 → 40 ps: err insufficient → 0.40"
+        == "600 K extended 20 → 40 ps: insufficient → err 0.40"
     )
 
 

@@ -236,12 +236,14 @@ def extension_line(before: RunState, after: RunState) -> str:
     0.22 → 0.13`` (a regime where there is no error yet)."""
 
     def state(r: RunState) -> str:
-        return f"{r.rel_err:.2f}" if r.rel_err is not None else r.regime
+        return f"err {r.rel_err:.2f}" if r.rel_err is not None else r.regime
 
-    prefix = "err " if before.rel_err is not None or after.rel_err is not None else ""
+    change = f"{state(before)} → {state(after)}"
+    if before.rel_err is not None and after.rel_err is not None:
+        change = f"err {before.rel_err:.2f} → {after.rel_err:.2f}"
     return (
         f"{_t(after.temperature_k)} extended {_ps(before.production_ps)} → "
-        f"{_ps(after.production_ps)} ps: {prefix}{state(before)} → {state(after)}"
+        f"{_ps(after.production_ps)} ps: {change}"
     )
 
 
@@ -477,3 +479,94 @@ def decide_material(
         else:
             lines.append(f"done without meeting the target ({n_d} temperatures give D)")
     return MaterialDecision(tuple(kept), tuple(lines), met, spent, decisions)
+
+
+# ---------------------------------------------------------------- compute accounting
+
+#: File in an MD run directory recording the compute of every call of its job.
+COMPUTE_NAME = "compute.json"
+
+
+def allocated_cores(env: Mapping[str, str] | None = None) -> int:
+    """CPU cores this process may use: Slurm's allocation (``SLURM_CPUS_PER_TASK``, else
+    ``SLURM_CPUS_ON_NODE``), else the CPU affinity mask, else ``os.cpu_count()``."""
+    import os
+
+    env = os.environ if env is None else env
+    for name in ("SLURM_CPUS_PER_TASK", "SLURM_CPUS_ON_NODE"):
+        value = str(env.get(name, "")).strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def allocated_gpus(env: Mapping[str, str] | None = None) -> int:
+    """GPUs visible to this process (``CUDA_VISIBLE_DEVICES``, else ``SLURM_GPUS_ON_NODE``;
+    0 when neither says)."""
+    import os
+
+    env = os.environ if env is None else env
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        ids = [x for x in str(cvd).split(",") if x.strip() and x.strip() != "-1"]
+        return len(ids)
+    value = str(env.get("SLURM_GPUS_ON_NODE", "")).strip()
+    return int(value) if value.isdigit() else 0
+
+
+class ComputeLog:
+    """The compute of one MD run directory, over every call of its job (kills included).
+
+    Each call appends an entry ``{wall_s, cores, gpus}`` to ``compute.json`` and
+    :meth:`tick` rewrites it (atomically) as the call goes on, so a killed worker loses at
+    most the time since its last tick. :meth:`totals` sums the entries.
+    """
+
+    def __init__(self, workdir: Any, cores: int | None = None, gpus: int | None = None):
+        import time
+        from pathlib import Path
+
+        self.path = Path(workdir) / COMPUTE_NAME
+        self.entries = self._read()
+        self.start = time.monotonic()
+        self.entry = {
+            "wall_s": 0.0,
+            "cores": int(cores or allocated_cores()),
+            "gpus": int(allocated_gpus() if gpus is None else gpus),
+        }
+        self.entries.append(self.entry)
+
+    def _read(self) -> list[dict[str, Any]]:
+        import json
+
+        try:
+            data = json.loads(self.path.read_text())
+            return [e for e in data.get("calls", []) if isinstance(e, dict)]
+        except (OSError, ValueError, AttributeError):
+            return []
+
+    def tick(self) -> None:
+        """Record the time of this call so far."""
+        import json
+        import os
+        import time
+
+        self.entry["wall_s"] = time.monotonic() - self.start
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"calls": self.entries}))
+        os.replace(tmp, self.path)
+
+    def totals(self) -> dict[str, float]:
+        """``wall_s``, ``core_hours``, ``gpu_hours`` and ``calls`` over every call."""
+        wall = sum(float(e.get("wall_s", 0.0)) for e in self.entries)
+        core_h = sum(float(e.get("wall_s", 0.0)) * int(e.get("cores", 1)) for e in self.entries)
+        gpu_h = sum(float(e.get("wall_s", 0.0)) * int(e.get("gpus", 0)) for e in self.entries)
+        return {
+            "wall_s": wall,
+            "core_hours": core_h / 3600.0,
+            "gpu_hours": gpu_h / 3600.0,
+            "calls": len(self.entries),
+        }

@@ -327,9 +327,7 @@ def run_md(
     ckpt, recovery_note = _usable_checkpoint(paths, fingerprint, guard)
 
     total = settings.total_steps
-    if ckpt is not None and (bool(ckpt["completed"]) or int(ckpt["step"]) >= total) and (
-        int(ckpt["step"]) >= total
-    ):
+    if ckpt is not None and (bool(ckpt["completed"]) and int(ckpt["step"]) >= total):
         return _result(
             paths,
             settings,

@@ -141,10 +141,18 @@ class AnalysisOutput(_Output):
         description="The density CHGCAR in GridFS (ionflow.trajectories.StoredFileRef dump; "
         "ionflow export-density writes it)",
     )
+    production_ps: float | None = Field(
+        None, description="Production actually run (all chunks of an extended run), ps"
+    )
+    md_compute: dict[str, Any] | None = Field(
+        None,
+        description="Compute of the MD run directory (MDOutput.compute: wall_s, core_hours, "
+        "gpu_hours, atom_steps, calls)",
+    )
 
     def to_output(self) -> dict[str, Any]:
         out = self.model_dump(mode="json")
-        for key in ("results", "density_file"):
+        for key in ("results", "density_file", "production_ps", "md_compute"):
             if out[key] is None:
                 del out[key]
         return out

@@ -50,7 +50,7 @@ from ionflow.names import CURRENT_COLLECTION as CURRENT_COLLECTION
 from ionflow.names import SUMMARY_COLLECTION as SUMMARY_COLLECTION
 from ionflow.outputs import PotentialInfo, SupercellOutput
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 #: What σ (run σ and σ(300 K)) is based on: the campaign quotes the tracer-based value.
 SIGMA_BASIS = "tracer: Nernst–Einstein from D* (H_R = 1 assumed)"
@@ -165,6 +165,16 @@ class RunSummary(BaseModel):
     )
     mechanism_notes: list[str] = Field(
         default_factory=list, description="Analyses that failed or did not run on this run"
+    )
+    # compute and precision target (schema 1.3; None in older documents)
+    production_ps: float | None = Field(
+        None, description="Production actually run (every chunk of an extended run), ps"
+    )
+    core_hours: float | None = Field(
+        None, description="Compute of the run's MD (wall time × cores, every call), core-h"
+    )
+    target_met: bool | None = Field(
+        None, description="err(D*)/D* within md.target (None: no target)"
     )
 
     @classmethod
@@ -281,6 +291,12 @@ class VariantSummary(BaseModel):
     jump_arrhenius_note: str | None = Field(
         None, description="Why there is no jump-rate fit, or its caveats"
     )
+    decisions: list[str] = Field(
+        default_factory=list, description="The precision target's decisions, in order"
+    )
+    core_hours: float | None = Field(None, description="Compute of the variant's MD, core-h")
+    target_met: bool | None = Field(None, description="md.target met (None: no target)")
+    budget_core_hours: float | None = Field(None, description="md.target budget, core-h")
 
 
 class PinnedComparison(BaseModel):
@@ -378,6 +394,18 @@ class MaterialSummary(BaseModel):
         "(None: no rotation analysis)",
     )
     mechanism_verdict: str = Field("", description="One line: why the ions move, with numbers")
+    # compute and precision target (schema 1.3)
+    decisions: list[str] = Field(
+        default_factory=list,
+        description="md.target decisions in order (pinned control's prefixed 'pinned: ')",
+    )
+    core_hours: float | None = Field(None, description="Compute of every MD run, core-h")
+    budget_core_hours: float | None = Field(
+        None, description="md.target budget per variant fit, core-h"
+    )
+    target_met: bool | None = Field(
+        None, description="md.target met by the free variant (None: no target)"
+    )
     regimes: list[str] = Field(default_factory=list, description="Regimes of the free runs")
     notes: list[str] = Field(default_factory=list, description="Caveats worth reading")
     provenance: dict = Field(default_factory=dict, description="Code versions, settings, job ids")
@@ -743,6 +771,28 @@ def _sigma_note(v: VariantSummary) -> str | None:
     return f"{label}σ(300 K) not quoted: Ea not resolved ({ea})"
 
 
+def _compute_fields(free: VariantSummary, pinned: VariantSummary | None) -> dict:
+    """Material-level decisions, core-hours and target of the variants' controllers."""
+    variants = [v for v in (free, pinned) if v is not None]
+    decisions = list(free.decisions)
+    if pinned is not None:
+        decisions += [f"pinned: {line}" for line in pinned.decisions]
+    hours = [
+        v.core_hours
+        if v.core_hours is not None
+        else sum(r.core_hours for r in v.runs if r.core_hours is not None)
+        for v in variants
+    ]
+    known = any(r.core_hours is not None for v in variants for r in v.runs)
+    known = known or any(v.core_hours is not None for v in variants)
+    return {
+        "decisions": decisions,
+        "core_hours": float(sum(hours)) if known else None,
+        "budget_core_hours": free.budget_core_hours,
+        "target_met": free.target_met,
+    }
+
+
 def build_summary(
     *,
     campaign: str,
@@ -820,6 +870,7 @@ def build_summary(
         rotation_frozen_by_pinning=frozen,
         rotation_coupled=coupled,
         mechanism_verdict=verdict,
+        **_compute_fields(free_v, pinned_v),
         regimes=[r.regime for r in free_v.runs],
         notes=notes,
         provenance={"ionflow": __version__, **(provenance or {})},

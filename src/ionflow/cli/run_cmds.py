@@ -227,6 +227,8 @@ def status_cmd(
             origin = text_cell("superseded")  # e.g. the fit and summary before a T was added
             origin.stylize("dim")
             n_old += 1
+        elif not key and (" ext " in job.name or job.name.endswith(" added")):
+            origin = "adaptive"  # an extension or added temperature of md.target
         elif stamp is not None and submitted == stamp:
             origin = "added"
         else:
