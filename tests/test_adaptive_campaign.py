@@ -203,3 +203,27 @@ def test_killed_worker_mid_extension_resumes(project):
     s = _summary(db, "adp-kill")
     assert s["free"]["runs"][0]["production_ps"] == pytest.approx(8.0)
     assert "900 K extended 4 → 8 ps" in " ".join(s["decisions"])
+
+
+def test_a_temperature_is_added_when_too_few_give_d(project):
+    """Runs at their maximum from the start (no extension); fewer than 3 temperatures give
+    D → the controller adds max(T) + the ladder's spacing, runs and analyses it, refits."""
+    tgt = (
+        "{diffusivity_rel_err: 0.5, extend_ps: 0.2, max_production_ps: 0.2, "
+        "max_temperatures: 3, max_temperature_k: 1200}"
+    )
+    spec = _spec(project, tgt, name="adp-add")
+    res = _run(["run", str(spec), "--quiet"], cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    db = _db(project)
+    s = _summary(db, "adp-add")
+    assert s["temperatures_k"] == [600.0, 900.0, 1200.0]
+    added = _outputs(db, "^md Li3N free 1200K added$")
+    assert len(added) == 1 and added[0]["output"]["trajectory"]["n_frames"] == 21
+    first = s["decisions"][0]
+    assert first.startswith("added 1200 K: ") and first.endswith(" of 2 runs " + first.split()[-1])
+    n_without = sum(r["regime"] != "diffusive" for r in s["free"]["runs"][:2])
+    assert first.split(": ")[1].startswith(f"{n_without} of 2 runs")
+    # the fit covers the added temperature
+    assert 1200.0 in [r["temperature_k"] for r in s["free"]["runs"]]
+    assert s["core_hours"] == pytest.approx(sum(r["core_hours"] for r in s["free"]["runs"]))

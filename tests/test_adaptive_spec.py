@@ -102,3 +102,99 @@ def test_keys_without_target_unchanged_and_target_keys_from_arrhenius_on(camp):
         same = stage[0] in ("relax", "supercell", "md", "analysis")
         assert (base[stage] == keyed[stage]) is same, stage
         assert (keyed[stage] == tight[stage]) is same, stage
+
+
+# ------------------------------------------------------------------ query and summary
+
+
+def test_query_filters_target_met_and_core_hours():
+    """Summaries carrying compute and target fields are found by them (database path and
+    the columnar index path agree), older ones match neither."""
+    import mongomock
+
+    from ionflow.errors import UserInputError
+    from ionflow.names import SUMMARY_COLLECTION
+    from ionflow.results import build_filter, query_summaries
+    from tests.test_results import all_materials
+
+    db = mongomock.MongoClient()["ionflow"]
+    facts = {}
+    for i, (s, _) in enumerate(all_materials()):
+        doc = s.model_dump(mode="json")
+        if i % 3 == 0:  # an older summary: no target, no accounting
+            doc.update(target_met=None, core_hours=None)
+        else:
+            doc.update(target_met=i % 2 == 0, core_hours=10.0 * i)
+        facts[(doc["campaign"], doc["material"])] = (doc["target_met"], doc["core_hours"])
+        db[SUMMARY_COLLECTION].insert_one(doc)
+
+    def names(**kw):
+        return {(s.campaign, s.material) for s in query_summaries(db, **kw)}
+
+    assert names(target_met=True) == {k for k, (m, _) in facts.items() if m is True}
+    assert names(target_met=False) == {k for k, (m, _) in facts.items() if m is False}
+    want = {k for k, (_, h) in facts.items() if h is not None and 15 <= h <= 45}
+    assert want and names(core_hours_min=15, core_hours_max=45) == want
+    with pytest.raises(UserInputError, match="core-hours bounds must be ≥ 0"):
+        build_filter(core_hours_max=-1)
+
+
+def test_summary_carries_decisions_and_compute():
+    """build_summary: material core-hours = the variants' sums, decisions in order with the
+    pinned control's prefixed, target_met from the free variant."""
+    from ionflow.summary import RunSummary, VariantSummary, _compute_fields
+
+    def run(t, ch):
+        return RunSummary(
+            temperature_k=t,
+            variant="free",
+            regime="diffusive",
+            regime_reason="",
+            n_eff_hops=1.0,
+            duration_ps=1.0,
+            fit_window_ps=(0.1, 0.5),
+            core_hours=ch,
+        )
+
+    free = VariantSummary(
+        variant="free",
+        runs=[run(600, 1.5), run(800, 2.0)],
+        decisions=["600 K extended 20 → 40 ps: err 0.30 → 0.20"],
+        core_hours=3.5,
+        target_met=True,
+        budget_core_hours=10,
+    )
+    pinned = VariantSummary(variant="pinned", runs=[run(600, 0.25)], decisions=["x"])
+    got = _compute_fields(free, pinned)
+    assert got == {
+        "decisions": ["600 K extended 20 → 40 ps: err 0.30 → 0.20", "pinned: x"],
+        "core_hours": 3.75,
+        "budget_core_hours": 10,
+        "target_met": True,
+    }
+    plain = VariantSummary(variant="free", runs=[run(600, None)])
+    assert _compute_fields(plain, None)["core_hours"] is None
+
+
+def test_report_shows_spent_vs_budget_and_decisions():
+    from ionflow.report import _extrapolation_lines
+    from tests.test_results import all_materials
+
+    s, _ = all_materials()[0]
+    plain = _extrapolation_lines(s)
+    assert not any("core-h" in line or line.startswith("decision:") for line in plain)
+    s = s.model_copy(
+        update={
+            "core_hours": 123.4,
+            "budget_core_hours": 500.0,
+            "target_met": False,
+            "decisions": ["added 1150 K: 2 of 3 runs insufficient", "done without meeting"],
+        }
+    )
+    lines = _extrapolation_lines(s)
+    assert lines[len(plain) :] == [
+        "MD compute: 123 core-h spent of a 500 core-h budget (per variant fit); "
+        "precision target not met",
+        "decision: added 1150 K: 2 of 3 runs insufficient",
+        "decision: done without meeting",
+    ]

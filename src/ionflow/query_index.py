@@ -90,6 +90,9 @@ QUERY_FIELDS: tuple[QueryField, ...] = (
     QueryField("isolated_fraction", "number", nullable=True, index=1),
     QueryField("percolation_dimension", "number", nullable=True, index=1),
     QueryField("rotation_coupled", "bool", sortable=False, index=1),
+    # compute and precision target (summary schema 1.3)
+    QueryField("core_hours", "number", nullable=True, index=1),
+    QueryField("target_met", "bool", sortable=False, index=1),
 )
 STRING_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "string")
 NUMBER_FIELDS = tuple(f.name for f in QUERY_FIELDS if f.kind == "number")

@@ -638,7 +638,20 @@ def _extrapolation_lines(s: MaterialSummary) -> list[str]:
                 f"{_interval(fit.sigma_at_t_interval95_ms_cm)}"
             )
         lines.append(text)
-    return lines
+    return lines + _compute_lines(s)
+
+
+def _compute_lines(s: MaterialSummary) -> list[str]:
+    """MD compute spent vs the md.target budget, and the target's decisions in order."""
+    out = []
+    if s.core_hours is not None:
+        text = f"MD compute: {s.core_hours:.3g} core-h"
+        if s.budget_core_hours is not None:
+            text += f" spent of a {s.budget_core_hours:g} core-h budget (per variant fit)"
+        if s.target_met is not None:
+            text += f"; precision target {'met' if s.target_met else 'not met'}"
+        out.append(text)
+    return out + [f"decision: {line}" for line in s.decisions]
 
 
 RUN_COLUMNS = (

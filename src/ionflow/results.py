@@ -556,6 +556,9 @@ def build_filter(
     isolated_fraction_min: float | None = None,
     percolation_dimension: int | None = None,
     rotation_coupled: bool | None = None,
+    target_met: bool | None = None,
+    core_hours_min: float | None = None,
+    core_hours_max: float | None = None,
 ) -> dict[str, Any]:
     """MongoDB filter for :func:`query_summaries` (arguments documented there).
 
@@ -619,6 +622,17 @@ def build_filter(
         filt["percolation_dimension"] = int(percolation_dimension)
     if rotation_coupled is not None:
         filt["rotation_coupled"] = bool(rotation_coupled)
+    if target_met is not None:
+        filt["target_met"] = bool(target_met)
+    hours: dict[str, float] = {}
+    for op, value in (("$gte", core_hours_min), ("$lte", core_hours_max)):
+        if value is not None:
+            x = float(value)
+            if not (math.isfinite(x) and x >= 0):
+                raise UserInputError(f"core-hours bounds must be ≥ 0; got {x:g}")
+            hours[op] = x
+    if hours:
+        filt["core_hours"] = hours
     if len(els) > 1:
         filt["$and"] = [{"elements": {"$all": els}}]  # … and all of them must be present
     return filt
@@ -766,6 +780,9 @@ def query_summaries(
     isolated_fraction_min: float | None = None,
     percolation_dimension: int | None = None,
     rotation_coupled: bool | None = None,
+    target_met: bool | None = None,
+    core_hours_min: float | None = None,
+    core_hours_max: float | None = None,
     sort: str = "sigma_300k_ms_cm",
     descending: bool = True,
     limit: int | None = None,
@@ -806,6 +823,12 @@ def query_summaries(
         True: polyanions reorient in the free runs and pinning lowers D significantly;
         False: the summary says it is not (summaries without a rotation analysis match
         neither).
+    target_met
+        True/False: the free variant met ``md.target`` or not (summaries without a target
+        match neither).
+    core_hours_min, core_hours_max
+        Bounds (inclusive) on the material's MD compute, core-hours (summaries without
+        compute accounting never match a bound).
     sort
         A field of :data:`SORT_FIELDS` (or an alias ``sigma``/``ea``/``engine``).
     descending
@@ -839,6 +862,9 @@ def query_summaries(
         isolated_fraction_min=isolated_fraction_min,
         percolation_dimension=percolation_dimension,
         rotation_coupled=rotation_coupled,
+        target_met=target_met,
+        core_hours_min=core_hours_min,
+        core_hours_max=core_hours_max,
     )
     docs = find_summary_documents(source, filt, sort=sort, descending=descending, limit=limit)
     return [parse_summary(d) for d in docs]

@@ -252,6 +252,20 @@ def query_cmd(
             show_default=False,
         ),
     ] = None,
+    target_met: Annotated[
+        bool | None,
+        typer.Option(
+            "--target-met/--target-not-met",
+            help="The free variant met md.target (or not)",
+            show_default=False,
+        ),
+    ] = None,
+    core_hours_min: Annotated[
+        float | None, typer.Option(help="Minimum MD compute of the material, core-hours")
+    ] = None,
+    core_hours_max: Annotated[
+        float | None, typer.Option(help="Maximum MD compute of the material, core-hours")
+    ] = None,
     sort: Annotated[
         str,
         typer.Option(
@@ -288,6 +302,9 @@ def query_cmd(
         isolated_fraction_min=isolated_fraction_min,
         percolation_dimension=percolation_dimension,
         rotation_coupled=rotation_coupled,
+        target_met=target_met,
+        core_hours_min=core_hours_min,
+        core_hours_max=core_hours_max,
     )
     # validate everything before touching (or starting) a database
     results.build_filter(**filters)
