@@ -109,7 +109,7 @@ def test_targeted_campaign_extends_until_the_maximum_and_reuses(project):
         step = np.abs(np.diff(pos, axis=0)).max(axis=(1, 2))
         assert (step > 0).all()  # no frame repeated
     s = _summary(db, "adp")
-    assert s["schema_version"] == "1.3" and s["target_met"] is False
+    assert s["schema_version"] == "1.4" and s["target_met"] is False
     runs = s["free"]["runs"]
     assert [r["production_ps"] for r in runs] == pytest.approx([0.6, 0.6])
     assert [r["duration_ps"] for r in runs] == pytest.approx([0.6, 0.6])  # analysis: all of it

@@ -391,7 +391,7 @@ def test_default_analyses_mechanism_end_to_end(project):
     db = _db(project)
     (doc,) = load_summaries(db, "mechanism")
     s = parse_summary(doc)
-    assert s.schema_version == "1.3" and s.mechanism_verdict
+    assert s.schema_version == "1.4" and s.mechanism_verdict
     assert s.rotation_coupled in (True, False)
     assert s.isolated_fraction is not None and 0 <= s.isolated_fraction <= 1
     runs = fetch_run_analyses(db, s)

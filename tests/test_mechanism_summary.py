@@ -141,7 +141,7 @@ def test_isolated_anion_fields_group_by_element_and_symmetry():
 def test_schema_1_1_summary_parses_with_mechanism_defaults():
     from ionflow.summary import SCHEMA_VERSION
 
-    assert SCHEMA_VERSION == "1.3"
+    assert SCHEMA_VERSION == "1.4"
     doc = {
         "schema_version": "1.1", "campaign": "c", "material": "m", "formula": "Li3N",
         "chemsys": "Li-N", "elements": ["Li", "N"], "mobile_species": "Li",

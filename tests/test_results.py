@@ -600,7 +600,7 @@ def test_schema_1_0_documents_still_parse():
     from ionflow.results import sigma_300k_quoted, summary_row
     from ionflow.summary import SCHEMA_VERSION
 
-    assert SCHEMA_VERSION == "1.3"
+    assert SCHEMA_VERSION == "1.4"
     by = {(s.campaign, s.material): s for s, _ in all_materials()}
     db = mongomock.MongoClient()["ionflow"]
     for key in (("alpha", "LPS-beta"), ("beta", "Li3InCl6")):

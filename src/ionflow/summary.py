@@ -50,7 +50,7 @@ from ionflow.names import CURRENT_COLLECTION as CURRENT_COLLECTION
 from ionflow.names import SUMMARY_COLLECTION as SUMMARY_COLLECTION
 from ionflow.outputs import PotentialInfo, SupercellOutput
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 #: What σ (run σ and σ(300 K)) is based on: the campaign quotes the tracer-based value.
 SIGMA_BASIS = "tracer: Nernst–Einstein from D* (H_R = 1 assumed)"
@@ -77,7 +77,7 @@ class RunSummary(BaseModel):
     potential: PotentialInfo | None = Field(
         None,
         description="Which potential made this run (engine, package version, model, model "
-        "file SHA-256; schema 1.4; None in older documents and VASP runs)",
+        "file SHA-256; schema 1.4; None in older documents)",
     )
     diffusivity_cm2_s: float | None = Field(None, description="Tracer D*, cm²/s")
     diffusivity_err_cm2_s: float | None = Field(
