@@ -523,3 +523,49 @@ def test_chgnet_batched_matches_calculator_and_lone_run(tmp_path):
             replica.prepared_atoms(), get_calculator("chgnet"), replica.settings, replica.workdir
         )
         assert again.completed and again.resumed_from_step == 20
+
+
+@pytest.mark.slow
+def test_sevennet_batched_matches_calculator_and_lone_run(tmp_path):
+    """One SevenNet call on a batch = SevenNetCalculator on each (float32 noise)."""
+    pytest.importorskip("sevenn")
+    atoms = bulk("OLi2", "fluorite", a=4.61, cubic=True)  # Li8O4
+    pot = get_batched_potential("sevennet", "cpu")
+    assert pot.batched and pot.calculator_name == "sevenn.calculator.SevenNetCalculator"
+    rng = np.random.default_rng(1)
+    structures = []
+    for repeat in ((1, 1, 1), (1, 1, 1), (2, 1, 1)):  # different sizes in one batch
+        a = atoms.repeat(repeat)
+        a.positions += rng.normal(0.0, 0.05, a.positions.shape)
+        structures.append(a)
+    calc = get_calculator("sevennet")
+    for a, res in zip(structures, pot.compute(structures), strict=True):
+        calc.calculate(a)
+        assert set(res) == set(calc.results)
+        assert res["energy"] == pytest.approx(calc.results["energy"], abs=1e-4)
+        assert np.allclose(res["forces"], calc.results["forces"], atol=1e-5)
+        assert np.allclose(res["stress"], calc.results["stress"], atol=1e-6)
+        assert res["num_edges"] == calc.results["num_edges"]
+
+    s = MDSettings(
+        temperature_k=900.0,
+        time_step_fs=2.0,
+        equilibration_steps=0,
+        production_steps=10,
+        frame_interval_steps=5,
+        checkpoint_interval_steps=5,
+    )
+    o = [a.index for a in atoms if a.symbol == "O"]
+    replicas = [
+        Replica(atoms, s, tmp_path / "free"),
+        Replica(atoms, s.model_copy(update={"seed": 1}), tmp_path / "pinned", fixed_indices=o),
+    ]
+    results = run_batched_md(replicas, pot)
+    assert all(r.completed and r.n_production_frames == 3 for r in results)
+    for f in frames(results[1].production_trajectory):
+        assert np.array_equal(f.positions[o], atoms.positions[o])
+    lone = run_md(atoms, get_calculator("sevennet"), s, tmp_path / "lone")
+    for a, b in zip(frames(results[0].production_trajectory), frames(lone.production_trajectory)):
+        assert np.allclose(a.positions, b.positions, atol=1e-4)
+    again = run_md(atoms, get_calculator("sevennet"), s, tmp_path / "free")
+    assert again.completed and again.resumed_from_step == 10

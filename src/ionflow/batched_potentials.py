@@ -160,45 +160,67 @@ class _CHGNetPotential(BatchedPotential):
 
 
 class _SevenNetPotential(BatchedPotential):
-    """SevenNet: a ``torch_geometric`` batch of the replicas' graphs, one model call."""
+    """SevenNet: a ``torch_geometric`` batch of the replicas' graphs, one model call.
+
+    The graphs are those ``SevenNetCalculator.calculate`` builds; the model is a copy of the
+    calculator's, switched to batched input (``set_is_batch_data(True)``), so the lone
+    calculator stays usable.
+    """
 
     batched = True
 
     def __init__(self, device: str, **kwargs: Any) -> None:
+        import copy
+
         from ionflow.potentials import get_calculator
 
         super().__init__("sevennet", device, get_calculator("sevennet", device=device, **kwargs))
+        self.model = copy.deepcopy(self.reference.model)
+        self.model.set_is_batch_data(True)
+        self.model.eval()
 
     def compute(self, structures: list[Atoms]) -> list[dict[str, Any]]:
+        import sevenn._keys as KEY
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
-        from torch_geometric.data import Batch
+        from torch_geometric.loader.dataloader import Collater
 
         ref = self.reference
-        cutoff = ref.cutoff
         datas = []
         for atoms in structures:
-            data = AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, cutoff))
+            data = AtomGraphData.from_numpy_dict(
+                unlabeled_atoms_to_graph(atoms, ref.cutoff, with_shift=False)
+            )
             if ref.modal:
-                data["data_modality"] = ref.modal
+                data[KEY.DATA_MODALITY] = ref.modal
             datas.append(data)
-        batch = Batch.from_data_list(datas).to(ref.device)
-        output = ref.model(batch)
-        energy = output["inferred_total_energy"].detach().cpu().numpy().reshape(-1)
-        forces = output["inferred_force"].detach().cpu().numpy()
-        stress = output["inferred_stress"].detach().cpu().numpy().reshape(len(datas), -1)
-        ptr = batch.ptr.cpu().numpy()
+        batch = Collater([], follow_batch=None, exclude_keys=None)(datas)
+        batch.to(ref.device)
+        output = self.model(batch)
+        energy = output[KEY.PRED_TOTAL_ENERGY].detach().cpu().numpy().reshape(-1)
+        atomic = output[KEY.ATOMIC_ENERGY].detach().cpu().numpy().reshape(-1)
+        forces = output[KEY.PRED_FORCE].detach().cpu().numpy()
+        stress = output[KEY.PRED_STRESS].detach().cpu().numpy().reshape(len(datas), 6)
+        n_edges = np.bincount(
+            output[KEY.BATCH].detach().cpu().numpy()[output[KEY.EDGE_IDX][0].detach().cpu().numpy()],
+            minlength=len(datas),
+        )
         out = []
-        for k in range(len(datas)):
-            # the conversion of SevenNetCalculator.calculate (kbar-like Voigt, sign flipped)
-            s = -stress[k][[0, 1, 2, 4, 5, 3]]
-            res = {
-                "energy": float(energy[k]),
-                "free_energy": float(energy[k]),
-                "forces": forces[ptr[k] : ptr[k + 1]].astype(np.float64),
-                "stress": np.asarray(s, dtype=np.float64),
-            }
-            out.append(res)
+        start = 0
+        for k, atoms in enumerate(structures):
+            stop = start + len(atoms)
+            # the conversion of SevenNetCalculator.output_to_results
+            out.append(
+                {
+                    "free_energy": float(energy[k]),
+                    "energy": float(energy[k]),
+                    "energies": atomic[start:stop],
+                    "forces": forces[start:stop],
+                    "stress": np.array(-stress[k][[0, 1, 2, 4, 5, 3]]),
+                    "num_edges": int(n_edges[k]),
+                }
+            )
+            start = stop
         return out
 
 
