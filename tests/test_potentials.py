@@ -222,7 +222,14 @@ def test_device_auto_cpu_cuda():
 
     assert DEVICES == ("auto", "cpu", "cuda")
     assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert resolve_device("CPU") == "cpu" and resolve_device("cuda") == "cuda"
+    assert resolve_device("CPU") == "cpu"
+    if torch.cuda.is_available():
+        assert resolve_device("cuda") == "cuda"
+    else:
+        with pytest.raises(UserInputError, match="device is cuda but torch sees no GPU"):
+            resolve_device("cuda")
+        with pytest.raises(UserInputError, match="sees no GPU"):
+            get_calculator("chgnet", device="cuda")
     with pytest.raises(UserInputError, match="unknown device 'gpu'"):
         resolve_device("gpu")
     prov = potential_provenance("chgnet", device="auto")

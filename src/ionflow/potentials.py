@@ -227,17 +227,23 @@ def resolve_device(device: str | None) -> str:
     Raises
     ------
     UserInputError
-        A device other than auto, cpu or cuda.
+        A device other than auto, cpu or cuda, or cuda where torch sees no GPU (checked
+        where the potential runs, not when the campaign file is read).
     """
     value = "auto" if device is None else str(device).strip().lower()
     if value not in DEVICES:
         raise UserInputError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
-    if value != "auto":
+    if value == "cpu":
         return value
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a dependency
         return "cpu"
+    if value == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(
+            "engine.device is cuda but torch sees no GPU on this machine "
+            f"(torch {torch.__version__}); use device: auto or cpu"
+        )
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
