@@ -533,3 +533,74 @@ relax: {{max_steps: 10}}
                 assert out["fixed_indices"]
         relax = mdb["outputs"].find_one({"name": {"$regex": "^relax "}})
         assert relax is not None
+
+
+# ------------------------------------------------------------- MD job provenance
+
+
+def _run_jobs(jobs):
+    from jobflow import Flow, JobStore, run_locally
+    from maggma.stores import MemoryStore
+
+    store = JobStore(MemoryStore(), additional_stores={"data": MemoryStore()})
+    return run_locally(Flow(jobs), store=store, ensure_success=True, log=False)
+
+
+def _md_maker(engine: str, tmp_path: Path, **kwargs):
+    from ionflow.makers.md import MLMDMaker
+
+    return MLMDMaker(
+        engine=engine,
+        temperature_k=800.0,
+        time_step_fs=2.0,
+        equilibration_ps=0.02,
+        production_ps=0.2,
+        frame_interval_steps=5,
+        checkpoint_interval_steps=50,
+        run_root=str(tmp_path / "runs"),
+        calculator_kwargs=kwargs,
+    )
+
+
+def test_md_and_analysis_outputs_record_the_potential(tmp_path, monkeypatch):
+    """The MD job's output names its potential and the analysis job passes it on."""
+    from pymatgen.core import Structure
+
+    from ionflow.makers.analysis import AnalysisMaker
+
+    monkeypatch.chdir(tmp_path)
+    s = Structure.from_file(REPO / "examples" / "Li3N.cif")
+    s.make_supercell([2, 2, 2])
+    md = _md_maker("toy", tmp_path, epsilon_ev=0.12).make(s)
+    an = AnalysisMaker(mobile_species="Li").make(md.output)
+    out = _run_jobs([md, an])
+    expected = potential_provenance("toy", epsilon_ev=0.12)
+    assert out[md.uuid][1].output["potential"] == expected
+    assert out[an.uuid][1].output["potential"] == expected
+    assert "epsilon_ev=0.12" in expected["model"]
+
+
+@needs_sevenn
+def test_sevennet_md_job_from_a_model_file(tmp_path, monkeypatch, no_network):
+    """A SevenNet MD job with engine.model a file: its output has the file's SHA-256, and
+    its run directory differs from the default variant's (a model is part of the run)."""
+    import torch
+    from pymatgen.core import Structure
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    copy = tmp_path / "7net.pth"
+    shutil.copyfile(potential_provenance("sevennet")["model_file"], copy)
+    s = Structure.from_file(REPO / "examples" / "Li3N.cif")
+    job = _md_maker("sevennet", tmp_path, model=str(copy), device="cpu").make(s)
+    out = _run_jobs([job])[job.uuid][1].output
+    assert out["engine"] == "sevennet"
+    assert out["potential"]["model_file"] == str(copy.resolve())
+    assert out["potential"]["model_sha256"] == _sha(copy)
+    assert out["potential"]["package_version"] == importlib.metadata.version("sevenn")
+    assert out["md"]["completed"] and out["md"]["n_production_frames"] == 21
+    dirs = {p.name for p in (tmp_path / "runs" / "campaign" / "material").iterdir()}
+    default = _md_maker("sevennet", tmp_path).make(s)
+    _run_jobs([default])
+    dirs2 = {p.name for p in (tmp_path / "runs" / "campaign" / "material").iterdir()}
+    assert len(dirs) == 1 and len(dirs2) == 2  # same settings, other model: its own directory
