@@ -44,7 +44,7 @@ is *lost* and :meth:`JobflowRemote.recover` reruns it (READY again). The MD run 
 *Files into GridFS through the runner.* On the cluster the MD job cannot reach GridFS: its
 trajectory reference keeps the remote ``local_path`` and no ``gridfs_id``. After a job
 completes, :meth:`JobflowRemote.run` (:func:`_ingest_job`) streams each such file over SFTP
-in 1 MiB chunks into its GridFS bucket (sha256 checked against the reference), records the
+in 1 MiB windows into its GridFS bucket (sha256 checked against the reference), records the
 file id in the stored output, and stores the summary document of a completed summary job in
 ``summaries`` (the compute side could not).
 """
@@ -376,7 +376,7 @@ def _parse_host(host: str) -> tuple[str | None, str, int | None]:
 
 
 def write_project(
-    db: ResolvedDatabase,
+    db: ResolvedDatabase | Callable[[], ResolvedDatabase],
     *,
     project: str,
     profiles: Sequence[Path],
@@ -395,7 +395,9 @@ def write_project(
     ----------
     db
         The workstation's database (queue and JobStore; its address and credentials are
-        written here only: this file stays on the workstation).
+        written here only: this file stays on the workstation), or a function returning
+        it, called once the other arguments are checked (bad input is reported before the
+        database is contacted).
     profiles
         ``--profile`` paths: cluster profile folders (``my_qadapter.yaml``) or a folder of
         them (relax/md/analysis).
@@ -448,6 +450,7 @@ def write_project(
             "resources": profile_resources(qad, qfile),
             "pre_run": "\n".join(pre) + "\n",
             "timeout_execute": 120,
+            "connect_timeout": 20,
         }
         if user:
             worker["user"] = user
@@ -456,12 +459,14 @@ def write_project(
         if key_filename:
             worker["key_filename"] = str(Path(key_filename).expanduser().resolve())
         workers[f"ionflow-{cat}"] = worker
+    if callable(db):
+        db = db()
 
     def store(collection: str, kind: str = "MongoStore") -> dict:
         d = {"type": kind, "database": db.database, "collection_name": collection}
         d["uri"] = db.uri
-        if db.mongoclient_kwargs:
-            d["mongoclient_kwargs"] = dict(db.mongoclient_kwargs)
+        # a database that is down: one line after 15 s, not pymongo's 30 s per call
+        d["mongoclient_kwargs"] = {"serverSelectionTimeoutMS": 15000, **db.mongoclient_kwargs}
         return d
 
     from ionflow.names import BLOBS_COLLECTION, OUTPUTS_COLLECTION
@@ -690,6 +695,17 @@ def _agent_run(req: dict) -> dict:
 
     proj, jc = _controller(req["project"])
     runner = Runner(project_name=req["project"], log_level=None)
+    for name, worker in proj.workers.items():  # SSH first: one line, not endless retries
+        where = f"{worker.user + '@' if worker.user else ''}{worker.host}" + (
+            f":{worker.port}" if worker.port else ""
+        )
+        try:
+            runner.get_host(name).connect()
+        except Exception as exc:  # noqa: BLE001 (socket, paramiko and fabric errors)
+            line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise EnvironmentFailure(
+                f"worker {name}: cannot reach {where} over SSH: {type(exc).__name__}: {line}"
+            ) from None
     campaign = req["campaign"]
     advance = ["CHECKED_OUT", "UPLOADED", "RUN_FINISHED", "DOWNLOADED"]
     t0 = time.monotonic()
@@ -792,33 +808,62 @@ def _ingest_job(proj, runner, jdoc: dict, database: str) -> None:
 
 
 def _stream_to_gridfs(sftp, ref: dict, db, bucket_name: str, metadata: dict):
-    """Copy the remote file ``ref['local_path']`` into GridFS in 1 MiB chunks (never whole in
-    memory); check its size and sha256; older files of the same job are deleted after."""
+    """Copy the remote file ``ref['local_path']`` into the GridFS bucket ``bucket_name``,
+    1 MiB at a time; check size and sha256; then delete older files of the same job.
+
+    The chunk and file documents are written here, by the GridFS spec (255 KiB chunks,
+    ``files_id``/``n``; the files document last), rather than through pymongo's
+    ``GridIn``, which buffers up to 32 MiB of chunks before it inserts them: memory stays
+    at about one window whatever the file's size.
+    """
     import hashlib
 
     import gridfs
+    from bson import Binary, ObjectId
 
     from ionflow.trajectories import _delete_older
 
+    chunk_size = 255 * 1024
+    window = 4 * chunk_size  # ~1 MiB per round trip
     bucket = gridfs.GridFSBucket(db, bucket_name=bucket_name)
+    chunks, files = db[f"{bucket_name}.chunks"], db[f"{bucket_name}.files"]
+    chunks.create_index([("files_id", 1), ("n", 1)], unique=True)
+    files.create_index([("filename", 1), ("uploadDate", 1)])
+    fid = ObjectId()
     sha = hashlib.sha256()
-    size = 0
-    with sftp.open(ref["local_path"], "rb") as src:
-        src.prefetch()
-        with bucket.open_upload_stream(
-            ref["filename"], metadata={**metadata, "sha256": ref["sha256"]}
-        ) as dst:
-            while chunk := src.read(_CHUNK):
-                sha.update(chunk)
-                size += len(chunk)
-                dst.write(chunk)
-            fid = dst._id
-    if sha.hexdigest() != ref["sha256"] or size != ref["size_bytes"]:
-        with contextlib.suppress(Exception):
-            bucket.delete(fid)
-        raise EnvironmentFailure(
-            f"{ref['local_path']}: checksum/size mismatch after the transfer (got {size} B)"
+    size = n = 0
+    total = sftp.stat(ref["local_path"]).st_size
+    try:
+        with sftp.open(ref["local_path"], "rb") as src:
+            # one window at a time, its 32 KiB SFTP requests pipelined (readv); paramiko's
+            # prefetch() would buffer the whole file in memory
+            for offset in range(0, total, window):
+                data = b"".join(src.readv([(offset, min(window, total - offset))]))
+                sha.update(data)
+                size += len(data)
+                docs = []
+                for k in range(0, len(data), chunk_size):
+                    docs.append({"files_id": fid, "n": n, "data": Binary(data[k : k + chunk_size])})
+                    n += 1
+                chunks.insert_many(docs, ordered=True)
+        if sha.hexdigest() != ref["sha256"] or size != ref["size_bytes"]:
+            raise EnvironmentFailure(
+                f"{ref['local_path']}: checksum/size mismatch after the transfer (got {size} B)"
+            )
+        files.insert_one(
+            {
+                "_id": fid,
+                "length": size,
+                "chunkSize": chunk_size,
+                "uploadDate": datetime.datetime.now(datetime.UTC),
+                "filename": ref["filename"],
+                "metadata": {**metadata, "sha256": ref["sha256"]},
+            }
         )
+    except BaseException:
+        with contextlib.suppress(Exception):
+            chunks.delete_many({"files_id": fid})
+        raise
     _delete_older(db, bucket, fid, {"job_uuid": metadata["job_uuid"]}, bucket_name)
     return fid
 

@@ -99,9 +99,19 @@ def init_cmd(
     """Write the jobflow-remote project file (mode 600; stays on this workstation)."""
     from ionflow.backends.jobflow_remote import write_project
 
-    spec, db, _ = _database(spec_file, data_dir, uri, launchpad)
+    spec = None
+    if spec_file is not None:
+        from ionflow.spec import load_campaign
+
+        spec, _ = load_campaign(spec_file)
+    resolved = {}
+
+    def database():  # resolved (and pinged) only once the arguments are checked
+        resolved["db"] = _database(spec_file, data_dir, uri, launchpad)[1]
+        return resolved["db"]
+
     path = write_project(
-        db,
+        database,
         project=_project(spec, project),
         profiles=profile,
         host=host,
@@ -112,7 +122,10 @@ def init_cmd(
         port=port,
         poll_seconds=poll,
     )
-    print(f"wrote {path} (workers ionflow-relax, ionflow-md, ionflow-analysis; {db.description})")
+    print(
+        f"wrote {path} (workers ionflow-relax, ionflow-md, ionflow-analysis; "
+        f"{resolved['db'].description})"
+    )
     print(f"next: `ionflow remote submit workflows.yaml --project {_project(spec, project)}` "
           "then `ionflow remote run ...`")  # fmt: skip
 

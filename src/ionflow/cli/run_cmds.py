@@ -210,7 +210,10 @@ def status_cmd(
     plan_keys = {m.name: set(stage_keys(spec, m).values()) for m in materials}
     data_dir = data_dir_path(data_dir)
     db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
-    with open_backend("fireworks-local", db, data_dir=data_dir) as backend:
+    from ionflow.backends.base import backend_for
+
+    name, options = backend_for(spec, "fireworks-local")  # execution.mode jobflow-remote
+    with open_backend(name, db, data_dir=data_dir, **options) as backend:
         status = backend.status(spec.campaign)
     last = status.last_submission
     stamp = last.get("submitted") if last else None
