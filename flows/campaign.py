@@ -52,6 +52,12 @@ class MaterialCampaignMaker(Maker):
         protocol. With a target each variant's Arrhenius job is its controller: it gets
         the supercell, the pinned atoms and the run makers, and extends runs / adds
         temperatures by replacing itself (:class:`ionflow.makers.analysis.ArrheniusMaker`).
+    batch_md
+        Advance all MD runs of the material together, one batched potential call per step
+        (``md: {batch: auto}``; :mod:`ionflow.makers.batched_md`): same jobs, names, keys
+        and outputs, the first MD job runs every replica and the others wait for it.
+    batch_device
+        Device of the batched potential: auto, cpu or cuda.
 
     Every job carries ``metadata.ionflow_stage`` (relax, supercell, md, analysis,
     arrhenius, summary); MD, analysis and Arrhenius jobs also ``ionflow_variant`` and MD
@@ -71,6 +77,8 @@ class MaterialCampaignMaker(Maker):
     pinned_control: bool = True
     engine_relax: str = "chgnet"
     target: dict | None = None
+    batch_md: bool = False
+    batch_device: str = "auto"
 
     def make(
         self,
@@ -98,6 +106,8 @@ class MaterialCampaignMaker(Maker):
         sc.update_metadata({META_STAGE: "supercell"})
         stages.append(("supercell", sc))
         analyses: dict[str, list] = {}
+        leader = None  # the batched MD job of the material (batch_md)
+        md_outputs: dict[str, list] = {}
         for run in runs:
             v, t = run.variant, float(run.temperature_k)
             mdm = replace(
@@ -108,7 +118,14 @@ class MaterialCampaignMaker(Maker):
                 campaign=self.campaign,
                 material=material,
             )
-            md = mdm.make(sc.output.structure, sc.output.pinned_indices if v == "pinned" else None)
+            fixed = sc.output.pinned_indices if v == "pinned" else None
+            if self.batch_md and len(runs) > 1:  # one job advances every run (makers/batched_md)
+                from ionflow.makers.batched_md import batched_md_job
+
+                md = batched_md_job(mdm, runs, sc.output, fixed, leader, self.batch_device)
+                leader = leader or md
+            else:
+                md = mdm.make(sc.output.structure, fixed)
             an = replace(self.analysis_maker, name=job_name("analysis", material, run)).make(
                 md.output
             )
@@ -118,6 +135,7 @@ class MaterialCampaignMaker(Maker):
                 j.update_metadata({"ionflow_variant": v, "ionflow_temperature_k": t})
             stages += [("md", md), ("analysis", an)]
             analyses.setdefault(v, []).append(an.output)
+            md_outputs.setdefault(v, []).append(md.output)
         fits = {}
         for v, outputs in analyses.items():
             name = job_name("arrhenius", material, variant=v)
@@ -138,6 +156,7 @@ class MaterialCampaignMaker(Maker):
                     outputs,
                     sc.output.structure,
                     sc.output.pinned_indices if v == "pinned" else None,
+                    md_outputs=md_outputs[v],
                 )
             fit.update_metadata({META_STAGE: "arrhenius", META_VARIANT: v})
             stages.append(("arrhenius", fit))

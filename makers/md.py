@@ -133,9 +133,32 @@ class MLMDMaker(Maker):
     @job(config=JobConfig(expose_store=True))
     def make(self, structure, fixed_indices: list[int] | None = None):
         """Run (or resume) the MD; output: trajectory reference and run statistics."""
+        from ionflow.backends.lease import RunDirLock, current_lease
+
+        atoms, settings, fixed, workdir = self.prepare(structure, fixed_indices)
+        workdir.mkdir(parents=True, exist_ok=True)
+        steps = lambda ps: int(round(ps * 1000.0 / self.time_step_fs))  # noqa: E731
+        lease = current_lease()
+        try:
+            with RunDirLock(workdir, lease=lease) as dirlock:
+
+                def guard() -> None:
+                    if lease is not None:
+                        lease.check()
+                    dirlock.check()
+
+                total = steps(self.extend_to_ps) if self.extend_to_ps else None
+                return self._run_locked(workdir, atoms, settings, fixed, guard, total)
+        except OSError as exc:  # name the directory when the OS did not (disk full)
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, exc.strerror, str(workdir)) from exc
+            raise
+
+    def prepare(self, structure, fixed_indices: list[int] | None = None):
+        """The run's ASE atoms (pinned atoms fixed), MD settings, fixed indices and stable
+        working directory (also used by :mod:`ionflow.makers.batched_md`)."""
         from pymatgen.io.ase import AseAtomsAdaptor
 
-        from ionflow.backends.lease import RunDirLock, current_lease
         from ionflow.md import MDSettings
         from ionflow.structure import with_selective_dynamics
 
@@ -170,22 +193,7 @@ class MLMDMaker(Maker):
             ],
         }
         workdir = run_directory(self.run_root, self.campaign, self.material, self.tag, key)
-        workdir.mkdir(parents=True, exist_ok=True)
-        lease = current_lease()
-        try:
-            with RunDirLock(workdir, lease=lease) as dirlock:
-
-                def guard() -> None:
-                    if lease is not None:
-                        lease.check()
-                    dirlock.check()
-
-                total = steps(self.extend_to_ps) if self.extend_to_ps else None
-                return self._run_locked(workdir, atoms, settings, fixed, guard, total)
-        except OSError as exc:  # name the directory when the OS did not (disk full)
-            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OSError(exc.errno, exc.strerror, str(workdir)) from exc
-            raise
+        return atoms, settings, fixed, workdir
 
     def _run_locked(
         self, workdir: Path, atoms, settings, fixed: list[int], guard, total: int | None = None

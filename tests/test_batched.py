@@ -569,3 +569,138 @@ def test_sevennet_batched_matches_calculator_and_lone_run(tmp_path):
         assert np.allclose(a.positions, b.positions, atol=1e-4)
     again = run_md(atoms, get_calculator("sevennet"), s, tmp_path / "free")
     assert again.completed and again.resumed_from_step == 10
+
+
+# ----------------------------------------------------------------- campaign (md.batch)
+
+
+def _campaign_spec(tmp: Path, name: str, batch: str, production_ps: float = 0.4) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(
+        f"""
+campaign: {name}
+mobile_species: Li
+engine: {{relax: none, md: toy}}
+md:
+  temperatures_k: [600, 900]
+  time_step_fs: 2.0
+  equilibration_ps: 0.05
+  production_ps: {production_ps}
+  frame_interval_fs: 10
+  supercell_min_length_a: 9.0
+  batch: {batch}
+materials:
+  - {{name: Li6PS5Cl, structure: {REPO / "examples" / "Li6PS5Cl.cif"}}}
+"""
+    )
+    return path
+
+
+def _ionflow(args, cwd, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "ionflow.cli", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def project(tmp_path):
+    yield tmp_path
+    from ionflow.store import LocalServer
+
+    server = LocalServer.running(tmp_path / "ionflow-data")
+    if server is not None:
+        server.stop()
+
+
+def _md_outputs(project: Path, campaign: str) -> list[dict]:
+    from ionflow.store import DatabaseSettings, resolve_database
+
+    db = resolve_database(DatabaseSettings(data_dir=project / "ionflow-data"))
+    with db.client() as client:
+        mdb = client[db.database]
+        docs = list(mdb["outputs"].find({"name": {"$regex": "^md "}}))
+        assert mdb["trajectories.files"].count_documents({}) == len(docs)
+        assert mdb["summaries"].count_documents({"campaign": campaign}) == 1
+    states = {fw["state"] for fw in db.launchpad().fireworks.find({})}
+    assert states == {"COMPLETED"}
+    return [d["output"] for d in docs]
+
+
+def test_batch_is_not_part_of_any_reuse_key(tmp_path):
+    from ionflow.plan import plan_material
+    from ionflow.spec import load_campaign
+
+    keys = {}
+    for batch in ("auto", "off"):
+        spec, materials = load_campaign(_campaign_spec(tmp_path, "keys", batch))
+        assert spec.md.batch == batch
+        plan = plan_material(spec, materials[0])
+        keys[batch] = [(j.label, j.key) for j in plan.jobs]
+    assert keys["auto"] == keys["off"]
+
+
+@pytest.mark.integration
+def test_batched_campaign_runs_every_md_in_one_job_and_resumes(project):
+    """md.batch: auto — 4 MD runs (600/900 K × free/pinned) advance in the first MD job;
+    every run keeps its own job, output, trajectory and analysis; interrupted mid-run, the
+    rerun resumes every replica from its own checkpoint."""
+    spec = _campaign_spec(project, "batched", "auto", production_ps=6.0)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ionflow.cli", "run", str(spec), "--quiet"],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    runs = project / "ionflow-data" / "runs" / "batched"
+    deadline = time.time() + 300
+    states = []
+    while time.time() < deadline:
+        try:
+            states = [json.loads(p.read_text()) for p in runs.glob("*/*/md_state.json")]
+        except (OSError, ValueError):
+            continue
+        if len(states) == 4 and all(s["step"] > s["equilibration_steps"] + 200 for s in states):
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.3)
+    assert len(states) == 4, "the four replicas did not all start in the first MD job"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    at_interrupt = {}
+    for p in runs.glob("*/*/md_state.json"):
+        state = json.loads(p.read_text())
+        assert not state["completed"]
+        at_interrupt[str(p.parent)] = state["step"]
+    assert len(at_interrupt) == 4
+
+    res = _ionflow(["run", spec, "--quiet"], project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    outputs = _md_outputs(project, "batched")
+    assert len(outputs) == 4
+    assert {(o["variant"], o["temperature_k"]) for o in outputs} == {
+        (v, t) for v in ("free", "pinned") for t in (600.0, 900.0)
+    }
+    assert {o["workdir"] for o in outputs} == set(at_interrupt)
+    for o in outputs:
+        md = o["md"]
+        # every job found its run complete: the batch (rerun of the first MD job) did the MD
+        assert md["completed"] and md["resumed_from_step"] == md["steps_done"]
+        assert md["n_production_frames"] == 601 and o["trajectory"]["n_frames"] == 601
+        with Trajectory(str(Path(o["workdir"]) / PRODUCTION_NAME)) as traj:
+            assert len(traj) == 601
+        compute = json.loads((Path(o["workdir"]) / "compute.json").read_text())["calls"]
+        assert sum(1 for c in compute if c.get("batched_replicas") == 4) == 2  # run + rerun
+        if o["variant"] == "pinned":
+            assert len(o["fixed_indices"]) == 16
+    # the pinned replicas' anions never moved
+    pinned = [o for o in outputs if o["variant"] == "pinned"]
+    for o in pinned:
+        fs = frames(Path(o["workdir"]) / PRODUCTION_NAME)
+        idx = o["fixed_indices"]
+        assert all(np.array_equal(f.positions[idx], fs[0].positions[idx]) for f in fs)

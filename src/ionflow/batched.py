@@ -12,8 +12,9 @@ fixed atoms, Maxwell-Boltzmann start and random stream (seed), streamed
 ``equilibration.traj`` / ``production.traj``, ``checkpoint.npz`` generations and
 ``md_state.json`` in its own working directory. Each runs in a thread of this process with
 a stand-in ASE calculator; when the integrator asks that calculator for forces, the replica
-waits until every unfinished replica has asked too, and the last one to ask evaluates all
-the structures in one batched call and hands each its results. So
+waits until every unfinished replica has asked too; then the calling thread (the only one
+that ever runs the model, so torch's thread settings apply and one intra-op pool does the
+work) evaluates all the structures in one batched call and hands each its results. So
 
 * the physics of a replica is exactly that of a lone run (same integrator code, same
   thermostat, same degrees-of-freedom rule); only the numbers coming out of the model can
@@ -114,7 +115,12 @@ class _Cancelled(RuntimeError):
 
 
 class _Coordinator:
-    """Collects one structure from every running replica, then evaluates them together."""
+    """Collects one structure from every running replica; the serving thread evaluates them.
+
+    The model is always called from the thread that runs :meth:`serve` (the caller of
+    :func:`run_batched_md`): torch's intra-op thread settings (``torch.set_num_threads``,
+    OpenMP) are per calling thread, and one pool, not one per replica thread, must run it.
+    """
 
     def __init__(self, potential: BatchedPotential, n: int) -> None:
         self.potential = potential
@@ -130,7 +136,7 @@ class _Coordinator:
             if self._cancelled:
                 raise _Cancelled("batched MD cancelled")
             self._pending[index] = atoms
-            self._evaluate_if_complete()
+            self._cond.notify_all()
             while index not in self._results:
                 if self._cancelled:
                     self._pending.pop(index, None)
@@ -145,33 +151,41 @@ class _Coordinator:
         with self._cond:
             self._active.discard(index)
             self._pending.pop(index, None)
-            self._evaluate_if_complete()
+            self._cond.notify_all()
 
     def cancel(self) -> None:
         with self._cond:
             self._cancelled = True
             self._cond.notify_all()
 
-    def _evaluate_if_complete(self) -> None:
-        # called with the lock held; every other running replica is waiting on it
-        if not self._pending or not self._active.issubset(self._pending):
-            return
-        order = sorted(self._pending)
-        structures = [self._pending[i] for i in order]
-        self._pending.clear()
-        t0 = time.perf_counter()
-        try:
-            results: list[Any] = self.potential.compute(structures)
-            if len(results) != len(order):  # pragma: no cover - adapter bug
-                raise RuntimeError("batched potential returned the wrong number of results")
-        except BaseException as exc:  # every waiting replica gets the error
-            results = [exc] * len(order)
-        self.stats.model_time_s += time.perf_counter() - t0
-        self.stats.evaluations += 1
-        self.stats.structures += len(order)
-        for i, res in zip(order, results, strict=True):
-            self._results[i] = res
-        self._cond.notify_all()
+    def serve(self) -> None:
+        """Evaluate batches until every replica has left (run in the calling thread)."""
+        while True:
+            with self._cond:
+                while self._active and not (
+                    self._pending and self._active.issubset(self._pending)
+                ):
+                    self._cond.wait(0.5)
+                if not self._active:
+                    return
+                order = sorted(self._pending)
+                structures = [self._pending[i] for i in order]
+                self._pending.clear()
+            # every running replica waits for its result: evaluate without the lock
+            t0 = time.perf_counter()
+            try:
+                results: list[Any] = self.potential.compute(structures)
+                if len(results) != len(order):  # pragma: no cover - adapter bug
+                    raise RuntimeError("batched potential returned the wrong number of results")
+            except Exception as exc:  # every waiting replica gets the error
+                results = [exc] * len(order)
+            with self._cond:
+                self.stats.model_time_s += time.perf_counter() - t0
+                self.stats.evaluations += 1
+                self.stats.structures += len(order)
+                for i, res in zip(order, results, strict=True):
+                    self._results[i] = res
+                self._cond.notify_all()
 
 
 class _ReplicaCalculator(Calculator):
@@ -307,9 +321,9 @@ def run_batched_md(
         try:
             for t in threads:
                 t.start()
+            coordinator.serve()  # the model runs in this thread
             for t in threads:
-                while t.is_alive():
-                    t.join(0.2)
+                t.join()
         except BaseException:  # Ctrl-C / SystemExit in the main thread: stop every replica
             coordinator.cancel()
             for t in threads:

@@ -119,6 +119,8 @@ def build_material_flow(
         pinned_control=mat.has_pinned_control,
         engine_relax=eng.relax,
         target=None if md.target is None else md.adaptive_target().as_dict(),
+        batch_md=md.batch == "auto" and eng.md in ML_ENGINES,
+        batch_device=eng.device or "cpu",
     )
     start = mat.structure
     if "vasp" in (eng.relax, eng.md):

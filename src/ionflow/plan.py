@@ -225,6 +225,7 @@ def _stage_keys(spec: CampaignSpec, mat: ResolvedMaterial, runs: tuple[Run, ...]
     # keys stay those of the fixed protocol (a tighter target extends the same runs), and
     # the target enters from the Arrhenius step on (its controller, ionflow.adaptive)
     target = md.pop("target", None)
+    md.pop("batch", None)  # an execution setting (ionflow.batched): never in a key
     relax = _key(
         {
             "campaign": spec.campaign,

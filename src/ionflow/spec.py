@@ -606,6 +606,13 @@ _PINNED_ADAPTER: TypeAdapter[Any] = TypeAdapter(PinnedControl)
 # ------------------------------------------------------------------------- models
 
 
+def _batch_choice(value: Any) -> Any:
+    """``md.batch``: YAML's ``off``/``on`` arrive as booleans."""
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    return _choice("batch", ("auto", "off")).func(value)
+
+
 class MDSpec(_Model):
     """Molecular-dynamics settings (campaign-wide; materials may override any field)."""
 
@@ -660,6 +667,13 @@ class MDSpec(_Model):
         None,
         description="Precision target (no unit): runs are extended and temperatures added "
         "until D and σ(300 K) are known this well (ionflow.adaptive); null: fixed lengths.",
+    )
+    batch: Annotated[Literal["auto", "off"], BeforeValidator(_batch_choice)] = Field(
+        "off",
+        description="Batched replicas (no unit): 'auto' advances every MD run of a material "
+        "(each temperature, free and pinned) in one job with one batched potential call per "
+        "step (ML engines; helps on a GPU, about 1x on a CPU); 'off' (default): one job each. "
+        "An execution setting: no reuse key depends on it.",
     )
 
     #: set when validated for the VASP engine (kept when pydantic re-runs the check on an
