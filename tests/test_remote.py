@@ -244,14 +244,21 @@ def cli(*args: str, cwd: Path, timeout: float = 600, check: bool = True, env=Non
     return proc
 
 
-def write_spec(directory: Path, campaign: str, *, production_ps: float, extra: str = "") -> Path:
+def write_spec(
+    directory: Path,
+    campaign: str,
+    *,
+    production_ps: float,
+    extra: str = "",
+    temperatures: tuple = (900, 1300),
+) -> Path:
     spec = directory / f"{campaign}.yaml"
     spec.write_text(
         f"""campaign: {campaign}
 mobile_species: Li
 engine: {{relax: toy, md: toy}}
 md:
-  temperatures_k: [900, 1300]
+  temperatures_k: [{", ".join(str(t) for t in temperatures)}]
   time_step_fs: 2.0
   equilibration_ps: 0.1
   production_ps: {production_ps}
@@ -372,14 +379,11 @@ def test_campaign_end_to_end_db_down_while_md_runs(remote, database):
     step_db_down = _step(_md_dir(work, "jfr-a", "free_900K"))
     database.stop()  # the database is gone while the Slurm job runs
     wait_for(lambda: slurm_id not in _squeue(), 300, f"Slurm job {slurm_id} to end")
-    acct = subprocess.run(
-        ["sacct", "-n", "-X", "-j", slurm_id, "-o", "State"], capture_output=True, text=True
-    )
     run_dir = Path(md["run_dir"])
     out = json.loads((run_dir / "jfremote_out.json").read_text())
     assert out.get("response") and not out.get("error"), out  # finished without a database
     assert _step(_md_dir(work, "jfr-a", "free_900K")) > step_db_down
-    print(f"MD finished with the database down (sacct: {acct.stdout.strip() or 'n/a'})")
+    print(f"MD finished with the database down (from step {step_db_down})")
 
     # nothing on the cluster side names the database
     needles = [f"127.0.0.1:{database.port}".encode(), b"mongodb://", b"jfr_jobs"]
@@ -518,6 +522,34 @@ def test_scancel_mid_md_recovered(remote, database):
     assert res["md"]["md Li3N free 1300K"]["md"]["resumed_from_step"] is None
     assert "submitted 0 new job(s)" in cli("remote", "submit", str(spec), cwd=tmp).stdout
     assert len(_jobs(database.uri, "jfr-b")) == 8
+
+    # a temperature added: the material is extended by its 4 new jobs; nothing reruns
+    before = {n: d["db_id"] for n, d in _jobs(database.uri, "jfr-b").items()}
+    spec = write_spec(
+        tmp, "jfr-b", production_ps=production_ps, temperatures=(900, 1100, 1300),
+        extra=f"execution: {{mode: jobflow-remote, project: {remote['project']}}}",
+    )  # fmt: skip
+    ext = cli("remote", "submit", str(spec), cwd=tmp)
+    assert "submitted 4 new job(s) (0 new material(s), 1 extended); reused 6 job(s)" in (
+        ext.stdout
+    ), ext.stdout
+    run = cli("run", str(spec), cwd=tmp, timeout=900)
+    assert "failed" not in run.stdout, run.stdout + run.stderr
+    with _client(database.uri) as c:
+        db = c["ionflow"]
+        jobs = list(db["jfr_jobs"].find({"job.metadata.ionflow_campaign": "jfr-b"}))
+        assert len(jobs) == 12 and {d["state"] for d in jobs} == {"COMPLETED"}
+        names = Counter(d["job"]["name"] for d in jobs)
+        assert names["arrhenius Li3N free"] == 2 and names["md Li3N free 900K"] == 1, names
+        ids = {d["db_id"] for d in jobs}
+        assert set(before.values()) <= ids  # the first 8 jobs are still the same documents
+        per_uuid = Counter(d["uuid"] for d in db["outputs"].find({}, {"uuid": 1}))
+        assert all(per_uuid[d["uuid"]] == 1 for d in jobs), per_uuid
+        summary = db["summaries"].find_one({"campaign": "jfr-b", "material": "Li3N"})
+        temps = [r["temperature_k"] for r in summary["free"]["runs"]]
+        assert temps == [900, 1100, 1300], temps
+        assert db["trajectories.files"].count_documents({"metadata.campaign": "jfr-b"}) == 3
+    assert "submitted 0 new job(s)" in cli("remote", "submit", str(spec), cwd=tmp).stdout
 
 
 # ----------------------------------------------------------------------------- (d)

@@ -30,8 +30,11 @@ database. Each job is routed to its category's worker through
 *Reuse and idempotency.* :meth:`JobflowRemote.submit` looks every planned job up by its
 reuse key (``job.metadata.ionflow_key``) in jobflow-remote's ``jobs`` collection: a material
 whose jobs all exist is reused whole, a new one is added as one flow. A material with some
-jobs present and some new (the plan changed) is refused with a one-line error: appending
-jobs to a jobflow-remote flow is not implemented by this backend.
+jobs present and some new (the plan changed, e.g. a temperature added) is *extended*: its
+new jobs go in as a flow of their own whose references to reused jobs point at the
+existing ones (:func:`_extension`). jobflow-remote waits only on parents inside a flow, so
+the reused jobs the new ones read must have completed; if not, submit is refused with a
+one-line error (submit again later).
 
 *States* (:data:`STATE_MAP`): jobflow-remote's states onto :data:`ionflow.backends.STATES`.
 
@@ -537,41 +540,40 @@ def _agent_submit(req: dict) -> dict:
     from jobflow import Flow
 
     _, jc = _controller(req["project"])
-    added, reused, details, n_added, n_reused = [], [], {}, 0, 0
+    added, extended, reused, details, n_added, n_reused = [], [], [], {}, 0, 0
     for m in req["materials"]:
         keys = m["keys"]
-        have = {
-            d["job"]["metadata"][META_KEY]
-            for d in jc.jobs.find(
-                {f"job.metadata.{META_KEY}": {"$in": keys}}, {f"job.metadata.{META_KEY}": 1}
-            )
-        }
+        have = {}  # key -> (uuid, state) of the newest job with that key
+        for d in jc.jobs.find(
+            {f"job.metadata.{META_KEY}": {"$in": keys}},
+            {f"job.metadata.{META_KEY}": 1, "uuid": 1, "state": 1, "db_id": 1},
+        ).sort("db_id", 1):
+            have[d["job"]["metadata"][META_KEY]] = (d["uuid"], d["state"])
         if have and len(have) == len(set(keys)):
             reused.append(m["name"])
             n_reused += len(keys)
             details[m["name"]] = {
-                "mode": "unchanged",
-                "added": [],
-                "reused": [],
-                "n_reused": len(keys),
-            }
+                "mode": "unchanged", "added": [], "reused": [], "n_reused": len(keys),
+            }  # fmt: skip
             continue
-        if have:
-            raise UserInputError(
-                f"material {m['name']!r}: {len(have)} of its {len(keys)} jobs were submitted "
-                "before under another plan; the jobflow-remote backend cannot extend a "
-                "submitted material (use a new campaign name, or the fireworks backends)"
-            )
         flow = Flow.from_dict(m["flow"])
-        names = []
+        if have:
+            flow, names, reused_names = _extension(flow, have, m["name"])
+            extended.append(m["name"])
+            n_reused += len(have)
+            details[m["name"]] = {
+                "mode": "extended", "added": names, "reused": reused_names,
+                "n_reused": len(have),
+            }  # fmt: skip
+        else:
+            names = [job.name for job, _ in flow.iterflow()]
+            added.append(m["name"])
+            details[m["name"]] = {"mode": "new", "added": names, "reused": [], "n_reused": 0}
         for job, _ in flow.iterflow():
             cat = job.config.manager_config.get("_category", "analysis")
             job.config.manager_config["worker"] = f"ionflow-{cat}"
-            names.append(job.name)
-        jc.add_flow(flow, worker="ionflow-analysis")
-        added.append(m["name"])
+        jc.add_flow(flow, worker="ionflow-analysis", allow_external_references=bool(have))
         n_added += len(names)
-        details[m["name"]] = {"mode": "new", "added": names, "reused": [], "n_reused": 0}
     record = {
         _SUBMISSION_KEY: True,
         "campaign": req["campaign"],
@@ -583,13 +585,61 @@ def _agent_submit(req: dict) -> dict:
     jc.auxiliary.insert_one(record)
     return {
         "added": added,
-        "extended": [],
+        "extended": extended,
         "reused": reused,
         "jobs_added": n_added,
         "jobs_reused": n_reused,
         "details": details,
         "dropped": [],
     }
+
+
+def _extension(flow, have: dict, material: str):
+    """The new jobs of ``flow`` as a flow of their own, their references to reused jobs
+    pointing at the existing jobs; (flow, added names, reused names).
+
+    A top-level stage is reused when all its jobs' keys exist. The jobs referenced from the
+    new ones must be COMPLETED: their outputs are read when a new job is uploaded, and
+    jobflow-remote waits only on parents inside a flow.
+
+    Raises
+    ------
+    UserInputError
+        A reused job the new ones need has not completed yet.
+    """
+    from jobflow import Flow
+
+    from ionflow.backends.fw_submit import _flat_jobs, _remap_references
+
+    mapping, states, new_items, reused_names = {}, {}, [], []
+    for item in flow.jobs:
+        jobs = _flat_jobs(item)
+        hits = [have.get(j.metadata.get(META_KEY)) for j in jobs]
+        if all(hits):
+            for j, (uuid, state) in zip(jobs, hits, strict=True):
+                mapping[j.uuid] = uuid
+                states[uuid] = (j.name, state)
+            reused_names.append(item.name)
+        else:
+            new_items.append(item)
+    new_jobs = [j for item in new_items for j in _flat_jobs(item)]
+    new_uuids = {j.uuid for j in new_jobs}
+    pending = set()
+    for job in new_jobs:
+        job.function_args = _remap_references(tuple(job.function_args), mapping)
+        job.function_kwargs = _remap_references(dict(job.function_kwargs), mapping)
+        for u in job.input_uuids:
+            if u not in new_uuids and states.get(u, ("?", "?"))[1] != "COMPLETED":
+                pending.add(states.get(u, (u, "missing"))[0])
+    if pending:
+        raise UserInputError(
+            f"material {material!r}: the new jobs need {', '.join(sorted(pending))}, which "
+            "have not completed yet; submit again once they have (ionflow remote status)"
+        )
+    for item in new_items:  # out of the planned flow (jobflow: one host flow per job)
+        for obj in [item, *_flat_jobs(item)]:
+            obj.hosts = [h for h in obj.hosts if h != flow.uuid]
+    return Flow(new_items, name=flow.name), [j.name for j in new_jobs], reused_names
 
 
 def _campaign_query(campaign: str | None) -> dict:
