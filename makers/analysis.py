@@ -13,6 +13,9 @@ from jobflow.core.job import JobConfig
 
 from ionflow.names import META_KEY, SUMMARY_COLLECTION
 
+#: Most decision rounds of one md.target controller (a guard; the rules stop far earlier).
+MAX_ROUNDS = 200
+
 
 @dataclass
 class AnalysisMaker(Maker):
@@ -209,6 +212,7 @@ class ArrheniusMaker(Maker):
         structure=None,
         fixed_indices: list[int] | None = None,
         state: dict | None = None,
+        md_outputs: list[dict] | None = None,
     ):
         """Output: a :class:`~ionflow.summary.VariantSummary` document (or, with a target
         not yet met, the next round)."""
@@ -229,9 +233,10 @@ class ArrheniusMaker(Maker):
         summary = variant_summary(self.variant, parsed, ids, self.at_temperature_k)
         if self.target is None:
             return summary.model_dump(mode="json")
-        return self._decide(outs, summary, structure, fixed_indices, dict(state or {}))
+        mds = {float(m["temperature_k"]): m for m in (md_outputs or []) if m}
+        return self._decide(outs, summary, structure, fixed_indices, dict(state or {}), mds)
 
-    def _decide(self, outs, summary, structure, fixed_indices, state: dict):
+    def _decide(self, outs, summary, structure, fixed_indices, state: dict, mds: dict):
         """One round of the controller (see the class docstring)."""
         from dataclasses import replace
 
@@ -252,10 +257,18 @@ class ArrheniusMaker(Maker):
         for r in runs:
             before = pending.get(f"{r.temperature_k:g}")
             if before is not None:
+                asked = before.pop("to_ps", None)
+                if asked is not None and r.production_ps < asked * (1 - 1e-3):
+                    raise RuntimeError(
+                        f"{self.material} {self.variant} {r.temperature_k:g} K: the extension "
+                        f"to {asked:g} ps ran only {r.production_ps:g} ps"
+                    )
                 lines.append(extension_line(RunState(**before), r))
         quoted = summary.ea_resolved is True
         interval = summary.sigma_300k_interval_ms_cm if quoted else None
         dec = decide_material(runs, target, interval, add_temperatures=self.add_temperatures)
+        if not dec.done and self.round >= MAX_ROUNDS:
+            dec = replace(dec, actions=(), lines=(*dec.lines, f"stop: {MAX_ROUNDS} rounds"))
         if dec.done:
             lines += dec.lines
             per_run = {d.temperature_k: d for d in (decide_run(r, target) for r in runs)}
@@ -276,30 +289,38 @@ class ArrheniusMaker(Maker):
             for k, v in (current.metadata if current is not None else {}).items()
             if k not in ("ionflow_key", "ionflow_job_uuid", "fw_id")
         }
-        jobs, next_analyses = [], []
+        jobs, next_analyses, next_mds = [], [], []
         changed = {a.temperature_k for a in dec.actions}
         for t, (_, o) in sorted(by_t.items()):
             if t not in changed:
                 next_analyses.append(o.to_output())
+                next_mds.append(mds.get(t))
         new_pending = {}
         for act in dec.actions:
             t = act.temperature_k
             run_tag = f"{self.variant} {t:g}K"
             if act.kind == "extend":
-                new_pending[f"{t:g}"] = _as_dict(by_t[t][0])
+                new_pending[f"{t:g}"] = {**_as_dict(by_t[t][0]), "to_ps": act.to_ps}
                 suffix = f" ext {act.to_ps:g}ps"
                 extend_to = act.to_ps
             else:
                 suffix = " added"
                 extend_to = None
-            mdm = replace(
-                self.md_maker,
-                name=f"md {self.material} {run_tag}{suffix}",
-                temperature_k=float(t),
-                variant=self.variant,
-                extend_to_ps=extend_to,
-            )
-            md = mdm.make(structure, fixed_indices if self.variant == "pinned" else None)
+            md_name = f"md {self.material} {run_tag}{suffix}"
+            mdm = replace(self.md_maker, name=md_name, temperature_k=float(t), variant=self.variant)
+            if extend_to is not None and hasattr(mdm, "collect"):
+                # VASP: more segments after the run's last one (from its CONTCAR); the output
+                # chains every segment's production frames, as for a walltime stop
+                prev = mds.get(t) or {}
+                dirs = [s["dir"] for s in prev.get("segments", [])]
+                if not dirs:
+                    raise RuntimeError(f"{md_name}: the VASP run to extend has no segments")
+                md = replace(mdm, production_ps=extend_to).collect(dirs, None, 0)
+                md.name = f"{md_name} collect"
+            else:
+                if hasattr(mdm, "extend_to_ps"):
+                    mdm = replace(mdm, extend_to_ps=extend_to)
+                md = mdm.make(structure, fixed_indices if self.variant == "pinned" else None)
             an = replace(
                 self.analysis_maker, name=f"analysis {self.material} {run_tag}{suffix}"
             ).make(md.output)
@@ -318,11 +339,13 @@ class ArrheniusMaker(Maker):
                 )
             jobs += [md, an]
             next_analyses.append(an.output)
+            next_mds.append(md.output)
         nxt = replace(self, round=self.round + 1).make(
             next_analyses,
             structure,
             fixed_indices,
             {"decisions": lines, "pending": new_pending},
+            md_outputs=next_mds,
         )
         if current is not None:
             # the flow's updates of this job (stage "arrhenius", category "analysis") must not

@@ -681,6 +681,8 @@ class VaspMDMaker(Maker):
             trajectory=ref,
             fixed_indices=fixed,
             segments=segments,
+            # production actually run (md.target reads it; an extension adds segments)
+            production_ps=(chain.steps_done - plan.equilibration_steps) * self.time_step_fs / 1e3,
             md={
                 "steps_done": chain.steps_done,
                 "total_steps": plan.total_steps,

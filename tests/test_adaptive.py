@@ -103,9 +103,11 @@ def test_too_few_temperatures_with_d_add_a_higher_one():
     runs = [run(600, "insufficient"), run(800, "insufficient"), run(1000, rel=0.1)]
     dec = decide_material(runs, Target(**{**TARGET.as_dict(), "max_temperature_k": 1300}))
     kinds = [(a.kind, a.temperature_k, a.to_ps) for a in dec.actions]
-    # both runs without D extend (the per-run rule), and 1200 K (step = ladder spacing 200 K)
-    assert kinds == [("extend", 600, 40), ("extend", 800, 40), ("add", 1200, 20)]
+    # the hottest run without D extends, the colder one waits for it, and 1200 K is added
+    # (step = the ladder's spacing, 200 K)
+    assert kinds == [("extend", 800, 40), ("add", 1200, 20)]
     assert dec.actions[-1].line == "added 1200 K: 2 of 3 runs insufficient"
+    assert dec.lines == ("600 K left at 20 ps (insufficient): 800 K has no D yet either",)
     assert not dec.done and not dec.target_met
 
 
@@ -185,3 +187,13 @@ def test_pinned_variant_follows_the_per_run_rule_only():
         [run(600, "caged", p=100), run(800, rel=0.1)], TARGET, add_temperatures=False
     )
     assert dec.done and dec.target_met
+
+
+def test_runs_without_d_stop_once_three_temperatures_give_d():
+    """σ(300 K) still too wide, but 3 temperatures give D: the caged run is no longer
+    extended (no gain for the fit); the step goes to a run with D or a new temperature."""
+    runs = [run(500, "caged"), run(600, rel=0.1), run(800, rel=0.1), run(1000, rel=0.1)]
+    t = Target(**{**TARGET.as_dict(), "sigma_at_t_factor": 1.1})
+    dec = decide_material(runs, t, sigma_interval=(1.0, 4.0))
+    assert dec.lines[0] == "500 K left at 20 ps (caged): not needed, 3 temperatures give D"
+    assert len(dec.actions) == 1 and dec.actions[0].temperature_k != 500

@@ -15,7 +15,11 @@ Per run (:func:`decide_run`)
     maximum → done with the verdict it has (target not met).
 
 Per material (:func:`decide_material`), one round at a time
-    1. the runs' own decisions (extensions);
+    1. the runs' own decisions (extensions) — with two economies of the material rule: of
+       the runs without D only the hottest is extended (a colder one cannot give D before
+       it does), and once 3 temperatures give D runs without D are no longer extended
+       (they add nothing to the fit); the pinned control (``add_temperatures=False``)
+       follows the per-run rule alone, since "caged at the maximum" is its answer;
     2. fewer than 3 temperatures give D → add a higher temperature (``max(T) + step``,
        step = max(100 K, the ladder's smallest spacing), ≤ ``max_temperature_k``) while
        fewer than ``max_temperatures`` exist;
@@ -23,9 +27,7 @@ Per material (:func:`decide_material`), one round at a time
        σ(300 K) is wider than ×/÷ ``sigma_at_t_factor`` (or σ(300 K) is not quoted) →
        one step chosen by expected gain per core-hour (the model below): extend one
        diffusive run by ``extend_ps``, or add one temperature;
-    4. once the σ(300 K) target is met (or, without one, ≥ 3 temperatures give D), the
-       pending extensions of runs without D are dropped — they cannot change the result;
-    5. budget: actions are kept in order while spent + expected ≤ ``budget_core_hours``;
+    4. budget: actions are kept in order while spent + expected ≤ ``budget_core_hours``;
        the rest are dropped with a line saying so.
     The material is done when a round has no action.
 
@@ -397,14 +399,24 @@ def decide_material(
     else:
         sigma_met = n_d >= MIN_TEMPERATURES_WITH_D or not add_temperatures
     runs_met = all(d.target_met for d in decisions if by_t[d.temperature_k].has_d)
+    no_d = [d.temperature_k for d in decisions if d.action == "extend"]
+    no_d = [t for t in no_d if not by_t[t].has_d]
+    hottest_no_d = max(no_d, default=None)
     for d in decisions:
         if d.action != "extend":
             continue
         run = by_t[d.temperature_k]
-        if not run.has_d and sigma_met and n_d >= MIN_TEMPERATURES_WITH_D:
+        if add_temperatures and not run.has_d and n_d >= MIN_TEMPERATURES_WITH_D:
+            why = "the material's target is met" if sigma_met else (f"{n_d} temperatures give D")
             lines.append(
                 f"{_t(d.temperature_k)} left at {_ps(d.production_ps)} ps ({run.regime}): "
-                "not needed, the material's target is met"
+                f"not needed, {why}"
+            )
+            continue
+        if add_temperatures and not run.has_d and d.temperature_k != hottest_no_d:
+            lines.append(
+                f"{_t(d.temperature_k)} left at {_ps(d.production_ps)} ps ({run.regime}): "
+                f"{_t(hottest_no_d)} has no D yet either"
             )
             continue
         cost = _unit_cost(runs, d.temperature_k) * (d.to_ps - d.production_ps)
