@@ -104,6 +104,8 @@ def test_mechanism_fields_from_results_and_errors():
             mean_jump_length_a=2.3,
             correlation_factor=0.6,
             correlation_factor_err=0.05,
+            inter_cage_jump_rate_per_ps=0.4,
+            intra_cage_jump_rate_per_ps=2.1,
         ),  # fmt: skip
     }
     out = mechanism_fields(results, {"vdos": "InsufficientDataError: too short"},
@@ -113,6 +115,7 @@ def test_mechanism_fields_from_results_and_errors():
     assert run.tau_p2_reason == "no reorientation" and run.p2_at_max_lag == 0.97
     assert run.percolation_dimension == 3 and run.jump_rate_per_ps == 2.5
     assert run.correlation_factor == 0.6 and run.density_file == "x.CHGCAR"
+    assert run.inter_cage_jump_rate_per_ps == 0.4 and run.intra_cage_jump_rate_per_ps == 2.1
     assert run.vdos_low_frequency_exponent is None
     assert run.mechanism_notes == ["vdos failed: InsufficientDataError: too short"]
     assert mechanism_fields({}, {})["tau_p2_reason"] == "rotation not run"
