@@ -71,7 +71,8 @@ def test_targeted_campaign_extends_until_the_maximum_and_reuses(project):
     # a target no toy run can meet: every run is extended 0.2 → 0.4 → 0.6 ps (the maximum)
     # and no temperature can be added (max_temperatures = the ladder)
     tgt = (
-        "{diffusivity_rel_err: 0.001, extend_ps: 0.2, max_production_ps: 0.6, max_temperatures: 2}"
+        "{diffusivity_rel_err: 0.001, extend_ps: 0.2, max_production_ps: 0.6, max_temperatures: 2,"
+        " budget_core_hours: 1000}"
     )
     spec = _spec(project, tgt)
     first = _run(["run", str(spec), "--quiet"], cwd=project)
@@ -129,6 +130,8 @@ def test_targeted_campaign_extends_until_the_maximum_and_reuses(project):
     assert s["decisions"][-1].startswith("done without meeting the target")
     status = _run(["status", str(spec)], cwd=project)
     assert status.returncode == 0 and "ext 0.6ps" in status.stdout and "adaptive" in status.stdout
+    spent = f"Li3N: MD {s['core_hours']:.3g} core-h of a 1000 core-h budget (per variant fit)"
+    assert f"{spent}; target not met" in " ".join(status.stdout.split())
 
     # a second run adds nothing
     again = _run(["run", str(spec), "--quiet"], cwd=project)

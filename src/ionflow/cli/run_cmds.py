@@ -188,6 +188,28 @@ def run_cmd(
         raise typer.Exit(EXIT_ENVIRONMENT if any(f["environment"] for f in failures) else 1)
 
 
+def _compute_lines(db, spec) -> list[str]:
+    """``  <material>: MD 12.3 core-h of a 500 core-h budget; target met`` for each material
+    whose summary accounts compute (nothing when the database has none)."""
+    from ionflow.results import load_summaries
+
+    try:
+        docs = load_summaries(db, spec.campaign)
+    except Exception:  # noqa: BLE001 — status must not fail on the summaries' account
+        return []
+    out = []
+    for d in docs:
+        if d.get("core_hours") is None:
+            continue
+        line = f"  {d['material']}: MD {d['core_hours']:.3g} core-h"
+        if d.get("budget_core_hours") is not None:
+            line += f" of a {d['budget_core_hours']:g} core-h budget (per variant fit)"
+        if d.get("target_met") is not None:
+            line += "; target met" if d["target_met"] else "; target not met"
+        out.append(line)
+    return ["compute (from the summaries):", *out] if out else []
+
+
 @app.command("status")
 def status_cmd(
     spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
@@ -269,6 +291,8 @@ def status_cmd(
             else:
                 line = f"  {name}: new"
             con.print(text_cell(line, 4000), soft_wrap=True)
+    for line in _compute_lines(db, spec):  # md.target: spent vs budget per material
+        con.print(text_cell(line, 4000), soft_wrap=True)
     print_failures(con, status.failures)  # the real reason, one line each
     for line in running_lines(status.live, status.lost):
         con.print(line, markup=False, soft_wrap=True, highlight=False)
