@@ -107,23 +107,29 @@ def measure(
     }
 
 
-def profile(engine: str, pot, atoms: Atoms, n: int, repeats: int = 3) -> str:
-    """Time per structure of the bare model call at batch size 1 and n (min of repeats)."""
+def profile(engine: str, pot, atoms: Atoms, n: int, rounds: int = 8) -> str:
+    """Bare model call per structure at batch size 1 and n, paired to cancel load drift.
+
+    Each round times the n structures one by one and then as one batch, back to back; the
+    figure is the median over rounds of the per-round ratio (and the median times).
+    """
     rng = np.random.default_rng(0)
     structures = []
     for _ in range(n):
         a = atoms.copy()
         a.positions += rng.normal(0.0, 0.03, a.positions.shape)
         structures.append(a)
-    best = {}
-    for size in (1, n):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for k in range(0, n, size):
-                pot.compute(structures[k : k + size])
-            times.append(time.perf_counter() - t0)
-        best[size] = min(times) / n
+    alone, batch = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for a in structures:
+            pot.compute([a])
+        t1 = time.perf_counter()
+        pot.compute(structures)
+        t2 = time.perf_counter()
+        alone.append((t1 - t0) / n)
+        batch.append((t2 - t1) / n)
+    ratios = np.array(alone) / np.array(batch)
     extra = ""
     if engine == "chgnet":
         from pymatgen.io.ase import AseAtomsAdaptor
@@ -131,11 +137,12 @@ def profile(engine: str, pot, atoms: Atoms, n: int, repeats: int = 3) -> str:
         t0 = time.perf_counter()
         for a in structures:
             pot.model.graph_converter(AseAtomsAdaptor.get_structure(a))
-        extra = f"; of which structure + graph conversion {1e3 * (time.perf_counter() - t0) / n:.1f} ms"
+        extra = f"; structure + graph conversion {1e3 * (time.perf_counter() - t0) / n:.1f} ms"
     return (
-        f"profile {engine} {len(atoms)} atoms: model call per structure "
-        f"{1e3 * best[1]:.1f} ms alone, {1e3 * best[n]:.1f} ms in a batch of {n} "
-        f"(x{best[1] / best[n]:.2f}){extra}"
+        f"profile {engine} {len(atoms)} atoms: model call per structure (median of {rounds} "
+        f"paired rounds) {1e3 * np.median(alone):.1f} ms alone, {1e3 * np.median(batch):.1f} ms "
+        f"in a batch of {n}; paired gain x{np.median(ratios):.2f} "
+        f"(range x{ratios.min():.2f}-x{ratios.max():.2f}){extra}"
     )
 
 

@@ -630,6 +630,21 @@ def _md_outputs(project: Path, campaign: str) -> list[dict]:
     return [d["output"] for d in docs]
 
 
+def test_batched_makers_serialise_under_ionflow():
+    from jobflow import Maker
+
+    from ionflow.makers.batched_md import BatchedMDFollowerMaker, BatchedMDLeaderMaker
+
+    for maker in (
+        BatchedMDLeaderMaker(runs=(("free", 600.0), ("pinned", 600.0)), device="cpu"),
+        BatchedMDFollowerMaker(),
+    ):
+        d = maker.as_dict()
+        assert d["@module"] == "ionflow.makers.batched_md", d["@module"]
+        again = type(maker).from_dict(d)
+        assert isinstance(again, Maker) and again.as_dict() == d
+
+
 def test_batch_is_not_part_of_any_reuse_key(tmp_path):
     from ionflow.plan import plan_material
     from ionflow.spec import load_campaign

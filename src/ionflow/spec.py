@@ -672,7 +672,8 @@ class MDSpec(_Model):
         "off",
         description="Batched replicas (no unit): 'auto' advances every MD run of a material "
         "(each temperature, free and pinned) in one job with one batched potential call per "
-        "step (ML engines; helps on a GPU, about 1x on a CPU); 'off' (default): one job each. "
+        "step (ML engines; meant for GPUs, where one small cell leaves the device idle; "
+        "on a CPU it is no faster, benchmarks/batched_md.py); 'off' (default): one job each. "
         "An execution setting: no reuse key depends on it.",
     )
 
