@@ -16,7 +16,9 @@ follower run before its replica completed (a leader that failed and was forced t
 it simply continues the run alone from the replica's checkpoint.
 
 The compute record of each run directory (``compute.json``) gets the batch's wall time
-divided by the number of replicas, so that core-hours add up to what the job used.
+divided by the number of replicas, so that core-hours add up to what the job used; its entry
+also says ``batched_replicas`` and the step the replica resumed from (``resumed_from_step``,
+null for a fresh start).
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ class BatchedMDLeaderMaker(MLMDMaker):
             own = [kwargs.pop(k, None) for k in ("device", "use_device")]
             device = next((d for d in own if d), None) or self.device
             potential = get_batched_potential(self.engine, device, **kwargs)
-            run_batched_md(replicas, potential)
-            for log in logs:
+            results = run_batched_md(replicas, potential)
+            for log, result in zip(logs, results, strict=True):
+                log.log.entry["resumed_from_step"] = result.resumed_from_step
                 log.tick()
 
 

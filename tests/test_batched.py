@@ -596,6 +596,10 @@ materials:
     return path
 
 
+#: short leases so that a killed worker's job is recovered within seconds
+FAST_LEASE = {"IONFLOW_LEASE_PING_S": "0.5", "IONFLOW_LEASE_S": "3", "IONFLOW_DB_TIMEOUT_S": "3"}
+
+
 def _ionflow(args, cwd, timeout=900):
     return subprocess.run(
         [sys.executable, "-m", "ionflow.cli", *map(str, args)],
@@ -603,6 +607,7 @@ def _ionflow(args, cwd, timeout=900):
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, **FAST_LEASE},
     )
 
 
@@ -659,10 +664,11 @@ def test_batch_is_not_part_of_any_reuse_key(tmp_path):
 
 
 @pytest.mark.integration
-def test_batched_campaign_runs_every_md_in_one_job_and_resumes(project):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_batched_campaign_runs_every_md_in_one_job_and_resumes(project, sig):
     """md.batch: auto — 4 MD runs (600/900 K × free/pinned) advance in the first MD job;
-    every run keeps its own job, output, trajectory and analysis; interrupted mid-run, the
-    rerun resumes every replica from its own checkpoint."""
+    every run keeps its own job, output, trajectory and analysis; interrupted (Ctrl-C) or
+    killed (kill -9) mid-run, the rerun resumes every replica from its own checkpoint."""
     spec = _campaign_spec(project, "batched", "auto", production_ps=6.0)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ionflow.cli", "run", str(spec), "--quiet"],
@@ -670,6 +676,7 @@ def test_batched_campaign_runs_every_md_in_one_job_and_resumes(project):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **FAST_LEASE},
     )
     runs = project / "ionflow-data" / "runs" / "batched"
     deadline = time.time() + 300
@@ -684,9 +691,11 @@ def test_batched_campaign_runs_every_md_in_one_job_and_resumes(project):
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.3)
     assert len(states) == 4, "the four replicas did not all start in the first MD job"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL), out + err
+    if sig == signal.SIGKILL:
+        time.sleep(4)  # the dead worker's lease (3 s) runs out
     at_interrupt = {}
     for p in runs.glob("*/*/md_state.json"):
         state = json.loads(p.read_text())
@@ -710,7 +719,12 @@ def test_batched_campaign_runs_every_md_in_one_job_and_resumes(project):
         with Trajectory(str(Path(o["workdir"]) / PRODUCTION_NAME)) as traj:
             assert len(traj) == 601
         compute = json.loads((Path(o["workdir"]) / "compute.json").read_text())["calls"]
-        assert sum(1 for c in compute if c.get("batched_replicas") == 4) == 2  # run + rerun
+        batched = [c for c in compute if c.get("batched_replicas") == 4]
+        assert len(batched) == 2  # the interrupted call and the rerun
+        # the rerun resumed this replica from its last checkpoint before the interrupt
+        resumed = batched[1]["resumed_from_step"]
+        assert resumed is not None and 0 < resumed <= at_interrupt[o["workdir"]]
+        assert batched[0]["wall_s"] > 0
         if o["variant"] == "pinned":
             assert len(o["fixed_indices"]) == 16
     # the pinned replicas' anions never moved
