@@ -75,7 +75,15 @@ def lone_kwargs(engine: str, device: str) -> dict:
 
 
 def measure(
-    engine: str, device: str, atoms: Atoms, n: int, steps: int, pot, root: Path, repeats: int, flip: bool
+    engine: str,
+    device: str,
+    atoms: Atoms,
+    n: int,
+    steps: int,
+    pot,
+    root: Path,
+    repeats: int,
+    flip: bool,
 ) -> dict:
     """Best (shortest) wall time of each mode over ``repeats``, the order alternating."""
     calc = get_calculator(engine, **lone_kwargs(engine, device))
@@ -154,8 +162,10 @@ def main() -> None:
     parser.add_argument("--replicas", default="2,6,12", help="N values")
     parser.add_argument("--steps", type=int, default=20, help="MD steps per replica (CHGNet)")
     parser.add_argument(
-        "--steps-sevennet", type=int, default=2, help="MD steps per replica for SevenNet "
-        "(~1.4 s per 52-atom evaluation on a CPU core)"
+        "--steps-sevennet",
+        type=int,
+        default=2,
+        help="MD steps per replica for SevenNet (~1.4 s per 52-atom evaluation on a CPU core)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each mode (best)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -185,9 +195,15 @@ def main() -> None:
         f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; "
         f"steps per replica: {args.steps} (chgnet), {args.steps_sevennet} (sevennet)"
     )
-    print("| potential | atoms | N | sequential atom-steps/s | batched atom-steps/s | ratio | model share |")
+    print(
+        "| potential | atoms | N | sequential atom-steps/s | batched atom-steps/s | ratio | model share |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    root = Path(tempfile.mkdtemp(prefix="batched-md-", dir=REPO / "bench-out" if (REPO / "bench-out").is_dir() else None))
+    root = Path(
+        tempfile.mkdtemp(
+            prefix="batched-md-", dir=REPO / "bench-out" if (REPO / "bench-out").is_dir() else None
+        )
+    )
     try:
         for engine, pot in engines:
             for n_atoms in sizes:
@@ -197,8 +213,15 @@ def main() -> None:
                 repeats = 1 if engine == "sevennet" else args.repeats
                 for k, n in enumerate(ns):
                     r = measure(
-                        engine, device, atoms, n, steps, pot, root / f"{engine}{n_atoms}_{n}",
-                        repeats, flip=bool(k % 2),
+                        engine,
+                        device,
+                        atoms,
+                        n,
+                        steps,
+                        pot,
+                        root / f"{engine}{n_atoms}_{n}",
+                        repeats,
+                        flip=bool(k % 2),
                     )
                     print(
                         f"| {engine} | {len(atoms)} | {n} | {r['seq']:.0f} | {r['bat']:.0f} | "

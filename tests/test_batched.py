@@ -85,14 +85,18 @@ def test_each_replica_is_its_lone_run(tmp_path, thermostat):
     """Same frames, checkpoint fingerprint and metadata as run_md alone (toy: exact)."""
     atoms = licl()
     replicas = [
-        Replica(atoms, settings(temperature_k=600.0, seed=1, thermostat=thermostat), tmp_path / "a"),
+        Replica(
+            atoms, settings(temperature_k=600.0, seed=1, thermostat=thermostat), tmp_path / "a"
+        ),
         Replica(
             atoms,
             settings(temperature_k=1200.0, seed=2, thermostat=thermostat, production_steps=60),
             tmp_path / "b",
             fixed_indices=cl_indices(atoms),
         ),
-        Replica(atoms, settings(temperature_k=900.0, seed=3, thermostat=thermostat), tmp_path / "c"),
+        Replica(
+            atoms, settings(temperature_k=900.0, seed=3, thermostat=thermostat), tmp_path / "c"
+        ),
     ]
     stats = BatchStats()
     results = run_batched_md(replicas, "toy", stats=stats)
@@ -107,9 +111,10 @@ def test_each_replica_is_its_lone_run(tmp_path, thermostat):
         lone_dir = tmp_path / f"lone{i}"
         lone = run_md(replica.prepared_atoms(), get_calculator("toy"), replica.settings, lone_dir)
         assert_same_frames(Path(replica.workdir), lone_dir)
-        with np.load(Path(replica.workdir) / CHECKPOINT_NAME) as a, np.load(
-            lone_dir / CHECKPOINT_NAME
-        ) as b:
+        with (
+            np.load(Path(replica.workdir) / CHECKPOINT_NAME) as a,
+            np.load(lone_dir / CHECKPOINT_NAME) as b,
+        ):
             assert str(a["fingerprint"]) == str(b["fingerprint"])
             assert sorted(a.files) == sorted(b.files)
         state_a = json.loads((Path(replica.workdir) / STATE_NAME).read_text())
@@ -214,9 +219,7 @@ def test_per_replica_temperatures_canonical_fluctuations_and_pinning(tmp_path):
     for replica, result in zip(replicas, results, strict=True):
         target = replica.settings.temperature_k
         n_dof = result.n_free_degrees_of_freedom
-        temps = np.array(
-            [free_temperature(f, n_dof) for f in frames(result.production_trajectory)]
-        )
+        temps = np.array([free_temperature(f, n_dof) for f in frames(result.production_trajectory)])
         # block standard error of the mean (10 blocks) as the tolerance scale
         blocks = temps[: len(temps) // 10 * 10].reshape(10, -1).mean(axis=1)
         sem = blocks.std(ddof=1) / np.sqrt(len(blocks))
@@ -418,7 +421,9 @@ def test_kill_9_resumes_every_replica(tmp_path):
         # frame by frame identical to an uninterrupted batch: no gap, no duplicate
         assert_same_frames(d, Path(r["workdir"]))
         fs = frames(d / PRODUCTION_NAME)
-        moves = [np.abs(b.positions - a.positions).max() for a, b in zip(fs[:-1], fs[1:])]
+        moves = [
+            np.abs(b.positions - a.positions).max() for a, b in zip(fs[:-1], fs[1:], strict=True)
+        ]
         assert min(moves) > 0
 
 
@@ -565,7 +570,9 @@ def test_sevennet_batched_matches_calculator_and_lone_run(tmp_path):
     for f in frames(results[1].production_trajectory):
         assert np.array_equal(f.positions[o], atoms.positions[o])
     lone = run_md(atoms, get_calculator("sevennet"), s, tmp_path / "lone")
-    for a, b in zip(frames(results[0].production_trajectory), frames(lone.production_trajectory)):
+    for a, b in zip(
+        frames(results[0].production_trajectory), frames(lone.production_trajectory), strict=True
+    ):
         assert np.allclose(a.positions, b.positions, atol=1e-4)
     again = run_md(atoms, get_calculator("sevennet"), s, tmp_path / "free")
     assert again.completed and again.resumed_from_step == 10

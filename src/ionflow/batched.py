@@ -162,9 +162,7 @@ class _Coordinator:
         """Evaluate batches until every replica has left (run in the calling thread)."""
         while True:
             with self._cond:
-                while self._active and not (
-                    self._pending and self._active.issubset(self._pending)
-                ):
+                while self._active and not (self._pending and self._active.issubset(self._pending)):
                     self._cond.wait(0.5)
                 if not self._active:
                     return

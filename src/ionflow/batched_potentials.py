@@ -202,7 +202,10 @@ class _SevenNetPotential(BatchedPotential):
         forces = output[KEY.PRED_FORCE].detach().cpu().numpy()
         stress = output[KEY.PRED_STRESS].detach().cpu().numpy().reshape(len(datas), 6)
         n_edges = np.bincount(
-            output[KEY.BATCH].detach().cpu().numpy()[output[KEY.EDGE_IDX][0].detach().cpu().numpy()],
+            output[KEY.BATCH]
+            .detach()
+            .cpu()
+            .numpy()[output[KEY.EDGE_IDX][0].detach().cpu().numpy()],
             minlength=len(datas),
         )
         out = []
