@@ -126,7 +126,7 @@ def adaptive(mat: Material, seed: int, factor: float, first_ps: float, extend_ps
     runs = {t: target.first_chunk_ps for t in LADDER}
     spent: dict[float, float] = {}
     lines: list[str] = []
-    for _ in range(40):
+    for _ in range(200):
         analyses = {t: run_md(mat, t, ps, seed) for t, ps in runs.items()}
         for t, ps in runs.items():
             spent[t] = cost(ps)  # the run's MD so far (chunks continue, never restart)
@@ -141,7 +141,7 @@ def adaptive(mat: Material, seed: int, factor: float, first_ps: float, extend_ps
             return sum(spent.values()), iv, d_iv, lines
         for a in dec.actions:
             runs[a.temperature_k] = a.to_ps
-    raise RuntimeError("no convergence in 40 rounds")
+    raise RuntimeError("no convergence in 200 rounds")
 
 
 def _f(x):

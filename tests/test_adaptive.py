@@ -197,3 +197,15 @@ def test_runs_without_d_stop_once_three_temperatures_give_d():
     dec = decide_material(runs, t, sigma_interval=(1.0, 4.0))
     assert dec.lines[0] == "500 K left at 20 ps (caged): not needed, 3 temperatures give D"
     assert len(dec.actions) == 1 and dec.actions[0].temperature_k != 500
+
+
+def test_no_temperature_added_while_an_extension_may_still_give_d():
+    """Two temperatures give D and the third is insufficient: its extension may give D, so
+    no temperature is added this round; a caged third (an MSD plateau) is not counted on."""
+    t = Target(**{**TARGET.as_dict(), "max_temperature_k": 1300})
+    runs = [run(600, "insufficient"), run(800, rel=0.1), run(1000, rel=0.1)]
+    dec = decide_material(runs, t)
+    assert [(a.kind, a.temperature_k) for a in dec.actions] == [("extend", 600)]
+    runs[0] = run(600, "caged")
+    dec = decide_material(runs, t)
+    assert [(a.kind, a.temperature_k) for a in dec.actions] == [("extend", 600), ("add", 1200)]

@@ -20,7 +20,10 @@ Per material (:func:`decide_material`), one round at a time
        it does), and once 3 temperatures give D runs without D are no longer extended
        (they add nothing to the fit); the pinned control (``add_temperatures=False``)
        follows the per-run rule alone, since "caged at the maximum" is its answer;
-    2. fewer than 3 temperatures give D → add a higher temperature (``max(T) + step``,
+    2. fewer than 3 temperatures give D, counting the insufficient/subdiffusive runs
+       extended this round (they may still give it: adding in parallel would spend
+       core-hours to save a round; a caged run is not counted on)
+       → add a higher temperature (``max(T) + step``,
        step = max(100 K, the ladder's smallest spacing), ≤ ``max_temperature_k``) while
        fewer than ``max_temperatures`` exist;
     3. ≥ 3 temperatures give D, no run extension pending, and the 68 % interval of
@@ -424,7 +427,15 @@ def decide_material(
     max_t = target.max_temperature_k
     if max_t is None:
         max_t = max(by_t) + DEFAULT_HEADROOM_K
-    if add_temperatures and n_d < MIN_TEMPERATURES_WITH_D:
+    # insufficient/subdiffusive runs extended this round may still give D: add only what
+    # they cannot (a caged run — an MSD plateau — is not counted on)
+    pending_no_d = sum(
+        1
+        for a in actions
+        if not by_t[a.temperature_k].has_d
+        and by_t[a.temperature_k].regime in ("insufficient", "subdiffusive")
+    )
+    if add_temperatures and n_d + pending_no_d < MIN_TEMPERATURES_WITH_D:
         temps = sorted(by_t)
         spacing = min((b - a for a, b in zip(temps, temps[1:], strict=False)), default=MIN_STEP_K)
         new_t = temps[-1] + max(MIN_STEP_K, spacing)
