@@ -40,6 +40,7 @@ from ase.io import read
 
 from ionflow.batched import BatchStats, Replica, run_batched_md
 from ionflow.batched_potentials import get_batched_potential, resolve_device
+from ionflow.errors import UserInputError
 from ionflow.md import MDSettings, run_md
 from ionflow.potentials import get_calculator
 
@@ -173,7 +174,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.atoms, args.replicas, args.steps, args.steps_sevennet = "52", "2,6", 10, 1
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except UserInputError as exc:
+        raise SystemExit(f"batched_md: {exc}") from None
     warnings.filterwarnings("ignore")
     import torch
 
