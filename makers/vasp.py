@@ -683,6 +683,7 @@ class VaspMDMaker(Maker):
             segments=segments,
             # production actually run (md.target reads it; an extension adds segments)
             production_ps=(chain.steps_done - plan.equilibration_steps) * self.time_step_fs / 1e3,
+            compute=_vasp_compute(dirs, len(chain.species), chain.steps_done),
             md={
                 "steps_done": chain.steps_done,
                 "total_steps": plan.total_steps,
@@ -704,6 +705,29 @@ class VaspMDMaker(Maker):
                 "traj_ids": list(traj_ids or []),
             },
         ).to_output()
+
+
+def _vasp_compute(dirs: list[str], n_atoms: int, steps_done: int) -> dict:
+    """The run's compute over its segments (:func:`ionflow.vasp.segment_compute`): VASP's
+    elapsed time × the cores it ran on; a segment without timing (killed) is counted in
+    ``segments_untimed``, not guessed."""
+    wall = core_s = 0.0
+    untimed = 0
+    for d in dirs:
+        elapsed, cores = iv.segment_compute(d)
+        if elapsed is None:
+            untimed += 1
+            continue
+        wall += elapsed
+        core_s += elapsed * (cores or 1)
+    return {
+        "wall_s": wall,
+        "core_hours": core_s / 3600.0,
+        "gpu_hours": 0.0,
+        "calls": len(dirs),
+        "atom_steps": n_atoms * steps_done,
+        "segments_untimed": untimed,
+    }
 
 
 def _composition_stub(species: list[str]):

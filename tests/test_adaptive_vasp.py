@@ -74,6 +74,17 @@ def test_vasp_extension_adds_segments(tmp_path, standin_env, monkeypatch):  # no
         assert run["production_ps"] == pytest.approx(0.1)
         assert run["duration_ps"] == pytest.approx(24 * 0.004)  # the analysis covers all 25
         assert any("900 K extended 0.06 → 0.1 ps" in line for line in summary["decisions"])
+        # compute: VASP's elapsed time × cores over every segment (the stand-in: 1 core)
+        from ionflow.vasp import segment_compute
+
+        timed = [segment_compute(seg["dir"]) for seg in ext["segments"]]
+        assert all(e is not None and c == 1 for e, c in timed)
+        assert ext["compute"]["core_hours"] == pytest.approx(sum(e for e, _ in timed) / 3600)
+        assert (
+            ext["compute"]["atom_steps"]
+            == ext["md"]["steps_done"] * first["compute"]["atom_steps"] / first["md"]["steps_done"]
+        )
+        assert run["core_hours"] == pytest.approx(ext["compute"]["core_hours"])
     finally:
         server = LocalServer.running(data)
         if server is not None:
@@ -93,3 +104,24 @@ def _check_joins_any(out: dict) -> None:
         d = contcar.frac_coords - start
         d -= np.round(d)
         assert np.abs(d).max() < 1e-6
+
+
+def test_segment_compute_reads_vasp_timing(tmp_path):
+    """Known answer: 1800 s on 64 cores = 32 core-h; gzipped OUTCAR; a killed run (no
+    timing) is None, not guessed."""
+    import gzip
+
+    from ionflow.vasp import segment_compute
+
+    run = tmp_path / "run"
+    run.mkdir()
+    with gzip.open(run / "OUTCAR.gz", "wt") as fh:
+        fh.write(" running on   64 total cores\n ...\n")
+        fh.write("                         Elapsed time (sec):     1800.000\n")
+    elapsed, cores = segment_compute(run)
+    assert (elapsed, cores) == (1800.0, 64) and elapsed * cores / 3600 == 32
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "OUTCAR").write_text(" running on    8 total cores\n")
+    assert segment_compute(killed) == (None, 8)
+    assert segment_compute(tmp_path / "missing") == (None, None)

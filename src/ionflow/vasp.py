@@ -547,6 +547,33 @@ def count_md_steps(directory: str | Path) -> int:
             return 0
 
 
+_CORES_RE = re.compile(r"running on\s+(\d+)\s+total cores")
+_ELAPSED_RE = re.compile(r"Elapsed time \(sec\):\s*([0-9.]+)")
+
+
+def segment_compute(directory: str | Path) -> tuple[float | None, int | None]:
+    """(wall seconds, cores) of the VASP run in ``directory``: ``Elapsed time (sec)`` of its
+    OUTCAR and ``running on N total cores`` (OUTCAR, else vasp.out); None where not found
+    (a run killed before VASP wrote its timing)."""
+    import gzip
+
+    def text(name: str) -> str:
+        path = find_output(strip_host(directory), name)
+        if path is None:
+            return ""
+        opener = gzip.open if path.suffix == ".gz" else open
+        try:
+            with opener(path, "rt", errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    outcar = text("OUTCAR")
+    elapsed = _ELAPSED_RE.findall(outcar)
+    cores = _CORES_RE.search(outcar) or _CORES_RE.search(text("vasp.out"))
+    return (float(elapsed[-1]) if elapsed else None, int(cores.group(1)) if cores else None)
+
+
 def read_contcar(directory: str | Path) -> Any | None:
     """The CONTCAR of ``directory`` (gzipped or not) as a Structure with its velocities and
     selective dynamics as site properties, or None."""
