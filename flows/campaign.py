@@ -137,7 +137,8 @@ class MaterialCampaignMaker(Maker):
             analyses.setdefault(v, []).append(an.output)
             md_outputs.setdefault(v, []).append(md.output)
         fits = {}
-        for v, outputs in analyses.items():
+        # free first: with a target the pinned controller follows the free one's outcome
+        for v, outputs in sorted(analyses.items(), key=lambda item: item[0] != "free"):
             name = job_name("arrhenius", material, variant=v)
             if self.target is None:
                 fit = ArrheniusMaker(name=name, variant=v).make(outputs)
@@ -152,11 +153,18 @@ class MaterialCampaignMaker(Maker):
                     analysis_maker=self.analysis_maker,
                     material=material,
                     add_temperatures=v == "free",
+                    # the free controller counts the pinned control's starting runs as spent
+                    companion_temperatures=(
+                        tuple(float(r.temperature_k) for r in runs if r.variant == "pinned")
+                        if v == "free"
+                        else ()
+                    ),
                 ).make(
                     outputs,
                     sc.output.structure,
                     sc.output.pinned_indices if v == "pinned" else None,
                     md_outputs=md_outputs[v],
+                    reference=fits.get("free") if v == "pinned" else None,
                 )
             fit.update_metadata({META_STAGE: "arrhenius", META_VARIANT: v})
             stages.append(("arrhenius", fit))

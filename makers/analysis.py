@@ -180,8 +180,12 @@ class ArrheniusMaker(Maker):
     material
         Material name (job names of extensions).
     add_temperatures
-        Whether this controller may add temperatures (the free variant's does; the pinned
-        control extends its runs only).
+        Whether this controller may add temperatures by the material rule (the free
+        variant's does; the pinned control extends its runs and adds the free variant's
+        temperatures it lacks, from ``reference``).
+    companion_temperatures
+        (free controller) The pinned control's starting temperatures: their first chunks
+        count as spent against the material's budget.
     round
         How many decision rounds came before this one.
 
@@ -203,6 +207,7 @@ class ArrheniusMaker(Maker):
     analysis_maker: Any = None
     material: str = "material"
     add_temperatures: bool = True
+    companion_temperatures: tuple[float, ...] = ()
     round: int = 0
 
     @job(config=JobConfig(pass_manager_config=False))
@@ -213,6 +218,7 @@ class ArrheniusMaker(Maker):
         fixed_indices: list[int] | None = None,
         state: dict | None = None,
         md_outputs: list[dict] | None = None,
+        reference: dict | None = None,
     ):
         """Output: a :class:`~ionflow.summary.VariantSummary` document (or, with a target
         not yet met, the next round)."""
@@ -234,9 +240,13 @@ class ArrheniusMaker(Maker):
         if self.target is None:
             return summary.model_dump(mode="json")
         mds = {float(m["temperature_k"]): m for m in (md_outputs or []) if m}
-        return self._decide(outs, summary, structure, fixed_indices, dict(state or {}), mds)
+        return self._decide(
+            outs, summary, structure, fixed_indices, dict(state or {}), mds, reference
+        )
 
-    def _decide(self, outs, summary, structure, fixed_indices, state: dict, mds: dict):
+    def _decide(
+        self, outs, summary, structure, fixed_indices, state: dict, mds: dict, reference=None
+    ):
         """One round of the controller (see the class docstring)."""
         from dataclasses import replace
 
@@ -248,7 +258,9 @@ class ArrheniusMaker(Maker):
             decide_material,
             decide_run,
             extension_line,
+            first_chunks_core_hours,
         )
+        from ionflow.summary import VariantSummary
 
         target = Target.from_mapping(self.target)
         runs = [_run_state(o) for o in outs]
@@ -266,7 +278,22 @@ class ArrheniusMaker(Maker):
                 lines.append(extension_line(RunState(**before), r))
         quoted = summary.ea_resolved is True
         interval = summary.sigma_300k_interval_ms_cm if quoted else None
-        dec = decide_material(runs, target, interval, add_temperatures=self.add_temperatures)
+        # the budget is the material's: the free controller counts the pinned control's
+        # starting runs as spent; the pinned one (which runs after it) what free spent
+        own = float(sum(r.core_hours for r in runs))
+        follow: list[float] = []
+        if reference is not None:
+            ref = VariantSummary.model_validate(reference)
+            other = ref.core_hours
+            if other is None:
+                other = sum(r.core_hours or 0.0 for r in ref.runs)
+            follow = [r.temperature_k for r in ref.runs]
+        else:
+            other = first_chunks_core_hours(runs, self.companion_temperatures, target)
+        dec = decide_material(
+            runs, target, interval, add_temperatures=self.add_temperatures,
+            spent_core_hours=own + other, follow_temperatures=follow,
+        )  # fmt: skip
         if not dec.done and self.round >= MAX_ROUNDS:
             dec = replace(dec, actions=(), lines=(*dec.lines, f"stop: {MAX_ROUNDS} rounds"))
         if dec.done:
@@ -276,7 +303,7 @@ class ArrheniusMaker(Maker):
                 d = per_run.get(run.temperature_k)
                 run.target_met = d.target_met if d is not None else None
             summary.decisions = lines
-            summary.core_hours = dec.spent_core_hours
+            summary.core_hours = own
             summary.target_met = dec.target_met
             summary.budget_core_hours = target.budget_core_hours
             return summary.model_dump(mode="json")
@@ -346,6 +373,7 @@ class ArrheniusMaker(Maker):
             fixed_indices,
             {"decisions": lines, "pending": new_pending},
             md_outputs=next_mds,
+            reference=reference,
         )
         if current is not None:
             # the flow's updates of this job (stage "arrhenius", category "analysis") must not

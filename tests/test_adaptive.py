@@ -13,6 +13,7 @@ from ionflow.adaptive import (
     decide_material,
     decide_run,
     extension_line,
+    first_chunks_core_hours,
     sigma_factor,
     var_ln_d_at,
 )
@@ -187,6 +188,30 @@ def test_pinned_variant_follows_the_per_run_rule_only():
         [run(600, "caged", p=100), run(800, rel=0.1)], TARGET, add_temperatures=False
     )
     assert dec.done and dec.target_met
+
+
+def test_pinned_control_adds_the_free_variants_temperatures_within_the_material_budget():
+    """The pinned controller adds the free variant's temperatures it lacks (costed like its
+    nearest measured run), and counts what the free variant spent against the material's
+    budget."""
+    runs = [run(600, "caged", p=100, ch=200), run(800, rel=0.1, ch=40)]  # both 2 core-h/ps
+    dec = decide_material(
+        runs, TARGET, add_temperatures=False, follow_temperatures=[600, 800, 1000]
+    )
+    assert [(a.kind, a.temperature_k, a.to_ps) for a in dec.actions] == [("add", 1000, 20)]
+    assert dec.actions[0].expected_core_hours == pytest.approx(40.0)  # 2 core-h/ps × 20 ps
+    assert (
+        dec.actions[0].line == "added 1000 K: a temperature of the free variant (pinned comparison)"
+    )
+    t = Target(**{**TARGET.as_dict(), "budget_core_hours": 320})
+    # own 240 + the free variant's 50 = 290: the 40 core-h addition does not fit
+    dec = decide_material(runs, t, add_temperatures=False, follow_temperatures=[1000],
+                          spent_core_hours=290)  # fmt: skip
+    assert dec.done and any(line.startswith("stop: budget 320 core-h — spent 290, added 1000 K")
+                            for line in dec.lines)  # fmt: skip
+    # the free controller's committed cost of the pinned first chunks: 2 core-h/ps × 20 ps each
+    assert first_chunks_core_hours(runs, [600, 800], TARGET) == pytest.approx(80.0)
+    assert first_chunks_core_hours([run(600, ch=0.0)], [600], TARGET) == 0.0  # nothing measured
 
 
 def test_runs_without_d_stop_once_three_temperatures_give_d():

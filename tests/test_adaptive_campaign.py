@@ -130,7 +130,7 @@ def test_targeted_campaign_extends_until_the_maximum_and_reuses(project):
     assert s["decisions"][-1].startswith("done without meeting the target")
     status = _run(["status", str(spec)], cwd=project)
     assert status.returncode == 0 and "ext 0.6ps" in status.stdout and "adaptive" in status.stdout
-    spent = f"Li3N: MD {s['core_hours']:.3g} core-h of a 1000 core-h budget (per variant fit)"
+    spent = f"Li3N: MD {s['core_hours']:.3g} core-h of a 1000 core-h budget (free + pinned)"
     assert f"{spent}; target not met" in " ".join(status.stdout.split())
 
     # a second run adds nothing
@@ -234,3 +234,32 @@ def test_a_temperature_is_added_when_too_few_give_d(project):
     # the fit covers the added temperature
     assert 1200.0 in [r["temperature_k"] for r in s["free"]["runs"]]
     assert s["core_hours"] == pytest.approx(sum(r["core_hours"] for r in s["free"]["runs"]))
+
+
+def test_pinned_control_follows_the_added_temperature(project):
+    """With the pinned control on, the temperature the free controller adds is added to the
+    pinned variant too (its controller runs after the free one), so free and pinned compare
+    at every temperature; the material's compute is both variants'."""
+    tgt = (
+        "{diffusivity_rel_err: 0.5, extend_ps: 0.2, max_production_ps: 0.2, "
+        "max_temperatures: 3, max_temperature_k: 1200}"
+    )
+    spec = _spec(project, tgt, name="adp-pin")
+    spec.write_text(
+        spec.read_text().replace('pinned_control: "off"', "pinned_control: {species: [N]}")
+    )
+    res = _run(["run", str(spec), "--quiet"], cwd=project)
+    assert res.returncode == 0, res.stdout + res.stderr
+    db = _db(project)
+    s = _summary(db, "adp-pin")
+    assert [r["temperature_k"] for r in s["free"]["runs"]] == [600.0, 900.0, 1200.0]
+    assert [r["temperature_k"] for r in s["pinned"]["runs"]] == [600.0, 900.0, 1200.0]
+    (added,) = _outputs(db, "^md Li3N pinned 1200K added$")
+    assert added["output"]["fixed_indices"]  # the pinned run of the added temperature is pinned
+    assert (
+        "pinned: added 1200 K: a temperature of the free variant (pinned comparison)"
+        in s["decisions"]
+    )
+    per_run = [r["core_hours"] for v in ("free", "pinned") for r in s[v]["runs"]]
+    assert all(h > 0 for h in per_run)
+    assert s["core_hours"] == pytest.approx(sum(per_run))

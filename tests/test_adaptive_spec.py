@@ -193,7 +193,7 @@ def test_report_shows_spent_vs_budget_and_decisions():
     )
     lines = _extrapolation_lines(s)
     assert lines[len(plain) :] == [
-        "MD compute: 123 core-h spent of a 500 core-h budget (per variant fit); "
+        "MD compute: 123 core-h spent of a 500 core-h budget (free + pinned); "
         "precision target not met",
         "decision: added 1150 K: 2 of 3 runs insufficient",
         "decision: done without meeting",

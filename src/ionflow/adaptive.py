@@ -19,7 +19,9 @@ Per material (:func:`decide_material`), one round at a time
        the runs without D only the hottest is extended (a colder one cannot give D before
        it does), and once 3 temperatures give D runs without D are no longer extended
        (they add nothing to the fit); the pinned control (``add_temperatures=False``)
-       follows the per-run rule alone, since "caged at the maximum" is its answer;
+       follows the per-run rule alone, since "caged at the maximum" is its answer, and adds
+       the free variant's temperatures it lacks (``follow_temperatures``: the temperatures
+       the free controller added), so that free and pinned compare at every temperature;
     2. fewer than 3 temperatures give D, counting the insufficient/subdiffusive runs
        extended this round (they may still give it: adding in parallel would spend
        core-hours to save a round; a caged run is not counted on)
@@ -30,8 +32,12 @@ Per material (:func:`decide_material`), one round at a time
        σ(300 K) is wider than ×/÷ ``sigma_at_t_factor`` (or σ(300 K) is not quoted) →
        one step chosen by expected gain per core-hour (the model below): extend one
        diffusive run by ``extend_ps``, or add one temperature;
-    4. budget: actions are kept in order while spent + expected ≤ ``budget_core_hours``;
-       the rest are dropped with a line saying so.
+    4. budget (per material, both variants): actions are kept in order while spent +
+       expected ≤ ``budget_core_hours``; the rest are dropped with a line saying so. The
+       free controller decides first; it counts the pinned control's starting runs as
+       committed (their first chunks, costed like the free runs at the same temperatures:
+       the same force calls), and the pinned controller, which runs after it, counts what
+       the free variant actually spent (``spent_core_hours``).
     The material is done when a round has no action.
 
 The gain model (step 3)
@@ -66,6 +72,7 @@ __all__ = [
     "decide_material",
     "decide_run",
     "extension_line",
+    "first_chunks_core_hours",
     "sigma_factor",
 ]
 
@@ -101,7 +108,7 @@ class Target:
     max_temperatures
         Most temperatures per material (starting ladder included).
     budget_core_hours
-        Most core-hours per variant fit of a material (None: no budget).
+        Most core-hours of a material's MD, free and pinned together (None: no budget).
     max_temperature_k
         Highest temperature that may be added, K (None: the highest temperature so far
         + 300 K).
@@ -293,6 +300,15 @@ def _unit_cost(runs: Sequence[RunState], t: float) -> float:
     return min(known, key=lambda r: abs(r.temperature_k - t)).core_hours_per_ps or 0.0
 
 
+def first_chunks_core_hours(
+    runs: Sequence[RunState], temperatures_k: Sequence[float], target: Target
+) -> float:
+    """Expected compute of first chunks at ``temperatures_k`` (e.g. the pinned control's
+    starting runs, counted by the free controller), each costed like the nearest measured
+    run (same cell, same force calls), core-hours."""
+    return float(sum(_unit_cost(runs, t) * target.first_chunk_ps for t in temperatures_k))
+
+
 def _ln_d_line(runs: Sequence[RunState]) -> tuple[float, float]:
     """Weighted line ln D = intercept + slope/T through the runs with D."""
     t = np.array([r.temperature_k for r in runs], dtype=float)
@@ -366,6 +382,7 @@ def decide_material(
     *,
     spent_core_hours: float | None = None,
     add_temperatures: bool = True,
+    follow_temperatures: Sequence[float] = (),
 ) -> MaterialDecision:
     """One round of the per-material rule (see the module docstring).
 
@@ -382,6 +399,9 @@ def decide_material(
     add_temperatures
         False: only the per-run rule (e.g. the pinned control, which follows the free
         variant's temperatures).
+    follow_temperatures
+        Temperatures this variant must have (the pinned control: the free variant's);
+        those it lacks are added, budget permitting.
 
     Returns
     -------
@@ -424,6 +444,10 @@ def decide_material(
             continue
         cost = _unit_cost(runs, d.temperature_k) * (d.to_ps - d.production_ps)
         actions.append(Action("extend", d.temperature_k, d.to_ps, cost, d.line))
+    for t in sorted({float(x) for x in follow_temperatures} - set(by_t)):
+        cost = _unit_cost(runs, t) * target.first_chunk_ps
+        line = f"added {_t(t)}: a temperature of the free variant (pinned comparison)"
+        actions.append(Action("add", t, target.first_chunk_ps, cost, line))
     max_t = target.max_temperature_k
     if max_t is None:
         max_t = max(by_t) + DEFAULT_HEADROOM_K
@@ -432,7 +456,8 @@ def decide_material(
     pending_no_d = sum(
         1
         for a in actions
-        if not by_t[a.temperature_k].has_d
+        if a.kind == "extend"
+        and not by_t[a.temperature_k].has_d
         and by_t[a.temperature_k].regime in ("insufficient", "subdiffusive")
     )
     if add_temperatures and n_d + pending_no_d < MIN_TEMPERATURES_WITH_D:

@@ -647,7 +647,7 @@ def _compute_lines(s: MaterialSummary) -> list[str]:
     if s.core_hours is not None:
         text = f"MD compute: {s.core_hours:.3g} core-h"
         if s.budget_core_hours is not None:
-            text += f" spent of a {s.budget_core_hours:g} core-h budget (per variant fit)"
+            text += f" spent of a {s.budget_core_hours:g} core-h budget (free + pinned)"
         if s.target_met is not None:
             text += f"; precision target {'met' if s.target_met else 'not met'}"
         out.append(text)

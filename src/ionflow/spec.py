@@ -501,7 +501,9 @@ class TargetSpec(BaseModel):
         6, description="Most temperatures per material, starting ladder included (no unit)."
     )
     budget_core_hours: Annotated[StrictFloat, _positive("core-h")] | None = Field(
-        None, description="Most core-hours per material's variant fit (core-h); null: none."
+        None,
+        description="Most core-hours of a material's MD, free and pinned runs together "
+        "(core-h); null: none.",
     )
     max_temperature_k: Annotated[StrictFloat, _positive("K", MAX_TEMPERATURE_K)] | None = Field(
         None,

@@ -401,7 +401,7 @@ class MaterialSummary(BaseModel):
     )
     core_hours: float | None = Field(None, description="Compute of every MD run, core-h")
     budget_core_hours: float | None = Field(
-        None, description="md.target budget per variant fit, core-h"
+        None, description="md.target budget of the material's MD (free + pinned), core-h"
     )
     target_met: bool | None = Field(
         None, description="md.target met by the free variant (None: no target)"

@@ -331,8 +331,9 @@ def run_campaign(
     settings = database_settings(spec, spec_path, data_dir, uri, launchpad)
     db = resolve_database(settings)
     echo(f"database: {db.description}")
-    with open_backend(backend, db, data_dir=data_dir, **backend_options) as be, project_lock(
-        data_dir
+    with (
+        open_backend(backend, db, data_dir=data_dir, **backend_options) as be,
+        project_lock(data_dir),
     ):
         recovered: dict[str, list] = {}
         if not submit_only:

@@ -203,7 +203,7 @@ def _compute_lines(db, spec) -> list[str]:
             continue
         line = f"  {d['material']}: MD {d['core_hours']:.3g} core-h"
         if d.get("budget_core_hours") is not None:
-            line += f" of a {d['budget_core_hours']:g} core-h budget (per variant fit)"
+            line += f" of a {d['budget_core_hours']:g} core-h budget (free + pinned)"
         if d.get("target_met") is not None:
             line += "; target met" if d["target_met"] else "; target not met"
         out.append(line)
