@@ -295,6 +295,10 @@ class Jumps(StreamedAnalysis):
         self._npt = False
         self._cage_idx: np.ndarray | None = None
         self._cage_n = 0
+        if self.auto_cages:  # found again for every trajectory this analysis is given
+            self.cage_centers_frac = None
+            self.cage_source = None
+            self._cage_note = None
 
     def accumulate(self, chunk: FrameChunk) -> None:
         if self._r0 is None:
