@@ -5,6 +5,7 @@ The fast tests use the toy Morse potential; the CHGNet test is marked ``slow``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -447,6 +448,81 @@ def test_kill_9_and_resume(tmp_path, thermostat):
     # with its RNG state checkpointed, even Langevin reproduces the reference
     for fa, fb in zip(ref_frames, frames, strict=True):
         assert np.allclose(fa.positions, fb.positions, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("thermostat", ["nose-hoover", "langevin"])
+def test_sigterm_checkpoints_where_it_is_then_dies_of_the_signal(tmp_path, thermostat):
+    """Slurm's walltime/scancel SIGTERM: the MD writes a checkpoint after the step it is in
+    (not at the last periodic one, 500 steps apart here), then dies of SIGTERM; the rerun
+    resumes there and equals the uninterrupted run frame by frame."""
+    s = settings(
+        equilibration_steps=100,
+        production_steps=2000,
+        frame_interval_steps=5,
+        checkpoint_interval_steps=500,
+        thermostat=thermostat,
+        seed=5,
+    )
+    atoms = licl()
+    workdir = tmp_path / "term"
+    start = tmp_path / "start.traj"
+    write(start, atoms)
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(start), s.model_dump_json(), str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "worker too slow"
+            time.sleep(0.02)
+            try:
+                with np.load(workdir / CHECKPOINT_NAME) as ck:
+                    periodic = int(ck["step"])
+                with Trajectory(str(workdir / PRODUCTION_NAME)) as traj:
+                    n_disk = len(traj)
+            except (OSError, ValueError, KeyError, EOFError):
+                continue
+            if periodic == 500 and n_disk > 81 + 10:  # well past the periodic checkpoint
+                os.kill(proc.pid, signal.SIGTERM)
+                break
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM, proc.stderr.read().decode()
+    with np.load(workdir / CHECKPOINT_NAME) as ck:
+        ckpt_step, ckpt_frames = int(ck["step"]), int(ck["n_production_frames"])
+        assert not bool(ck["completed"])
+    with Trajectory(str(workdir / PRODUCTION_NAME)) as traj:
+        on_disk = len(traj)
+    assert ckpt_frames >= n_disk and on_disk == ckpt_frames  # no step lost, none to drop
+    assert 550 <= ckpt_step < 2100 and ckpt_step % 500 != 0
+
+    resumed = run_md(atoms, get_calculator("toy"), s, workdir)
+    assert resumed.completed and resumed.resumed_from_step == ckpt_step
+    assert resumed.n_production_frames == s.n_production_frames == 401
+    frames = read_frames(resumed.production_trajectory)
+    reference = run_md(atoms, get_calculator("toy"), s, tmp_path / "reference")
+    ref_frames = read_frames(reference.production_trajectory)
+    assert len(frames) == len(ref_frames) == 401
+    for fa, fb in zip(ref_frames, frames, strict=True):
+        assert np.array_equal(fa.positions, fb.positions)
+        assert np.array_equal(fa.get_momenta(), fb.get_momenta())
+
+
+def test_sigterm_handler_restored_after_run(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    s = settings(equilibration_steps=10, production_steps=20, frame_interval_steps=5,
+                 checkpoint_interval_steps=10)  # fmt: skip
+    run_md(licl(), get_calculator("toy"), s, tmp_path / "md")
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 # ----------------------------------------------------------------- memory

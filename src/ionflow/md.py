@@ -9,6 +9,11 @@ whole trajectory in memory and writes it at the end, it
 * writes ``checkpoint.npz`` (positions, momenta, cell, step, thermostat state, random
   generator state, running sums, number of frames in each trajectory) atomically every
   ``checkpoint_interval_steps`` steps;
+* on ``SIGTERM`` (what Slurm sends at the walltime and on ``scancel``, ``KillWait``
+  seconds before ``SIGKILL``) finishes the step it is in, writes a checkpoint there and
+  then dies of the signal as if it had no handler (the scheduler and the workflow manager
+  see the same killed job), so a walltime kill loses no steps; when ``run_md`` runs
+  outside the main thread (batched replicas) only the periodic checkpoints count;
 * resumes from the checkpoint when called again on the same ``workdir`` (after
   ``kill -9``, a Slurm ``scancel`` or a walltime kill). Frames written after the
   checkpoint are dropped and regenerated, so the final trajectory has no gap and no
@@ -97,6 +102,8 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -384,12 +391,17 @@ def run_md(
     with runner, warnings.catch_warnings():
         # CHGNet converts the atoms with pymatgen, which warns about FixCom at each step.
         warnings.filterwarnings("ignore", message="Only FixAtoms and FixCartesian")
-        if ckpt is None:
-            runner.on_step_done()  # frame 0 and the step-0 checkpoint
-        while runner.counters.step < total:
-            integrator.step()
-            runner.counters.step += 1
-            runner.on_step_done()
+        with _CheckpointOnTerm() as term:
+            if ckpt is None:
+                runner.on_step_done()  # frame 0 and the step-0 checkpoint
+            while runner.counters.step < total:
+                integrator.step()
+                runner.counters.step += 1
+                runner.on_step_done()
+                if term.signum is not None:
+                    if runner.counters.step < total:  # (the last step checkpointed itself)
+                        runner.checkpoint(completed=False)
+                    term.die()
 
     final = _load_checkpoint(paths.checkpoint)
     return _result(
@@ -789,6 +801,41 @@ class _Runner:
         )
         with _naming(self.paths.state):
             _atomic_write_text(self.paths.state, json.dumps(self.md_state, indent=1))
+
+
+class _CheckpointOnTerm:
+    """Within: ``SIGTERM`` only marks the request (``signum``); the MD loop then writes a
+    checkpoint after the step it is in and calls :meth:`die`, which restores the previous
+    handler and sends the signal again, so the process ends as it would have without this
+    (killed by ``SIGTERM``: no result, rerun from the checkpoint). A no-op outside the main
+    thread, where Python cannot install signal handlers."""
+
+    SIGNALS = (signal.SIGTERM,)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> _CheckpointOnTerm:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                with contextlib.suppress(ValueError, OSError):
+                    self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def die(self) -> None:
+        signum = int(self.signum or signal.SIGTERM)
+        self.__exit__()
+        os.kill(os.getpid(), signum)  # the previous handler (by default: termination)
+        raise SystemExit(128 + signum)  # a previous Python handler that returned
 
 
 # ---------------------------------------------------------------- files
