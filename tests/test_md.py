@@ -496,10 +496,12 @@ def test_sigterm_checkpoints_where_it_is_then_dies_of_the_signal(tmp_path, therm
                 proc.wait(timeout=60)
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == -signal.SIGTERM, proc.stderr.read().decode()
+    err = proc.stderr.read().decode()
+    assert proc.returncode == -signal.SIGTERM, err
     with np.load(workdir / CHECKPOINT_NAME) as ck:
         ckpt_step, ckpt_frames = int(ck["step"]), int(ck["n_production_frames"])
         assert not bool(ck["completed"])
+    assert f"SIGTERM at step {ckpt_step} of 2100: checkpoint written" in err, err
     with Trajectory(str(workdir / PRODUCTION_NAME)) as traj:
         on_disk = len(traj)
     assert ckpt_frames >= n_disk and on_disk == ckpt_frames  # no step lost, none to drop

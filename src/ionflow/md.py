@@ -103,6 +103,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -401,6 +402,13 @@ def run_md(
                 if term.signum is not None:
                     if runner.counters.step < total:  # (the last step checkpointed itself)
                         runner.checkpoint(completed=False)
+                    print(  # in the batch job's error file
+                        f"ionflow MD: {signal.Signals(term.signum).name} at step "
+                        f"{runner.counters.step} of {total}: checkpoint written in {workdir}; "
+                        "stopping (a rerun resumes from here)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     term.die()
 
     final = _load_checkpoint(paths.checkpoint)
