@@ -39,6 +39,7 @@ __all__ = [
     "RecoveryReport",
     "RunReport",
     "backend_for",
+    "choose_backend",
     "data_dir_path",
     "database_settings",
     "print_failures",
@@ -388,13 +389,93 @@ def run_campaign(
 
 def backend_for(spec, backend: str, options: dict | None = None) -> tuple[str, dict]:
     """The backend (and its options) a campaign runs on: ``execution.mode: jobflow-remote``
-    selects ``"jobflow-remote"`` with ``execution.project``; otherwise ``backend``."""
+    selects ``"jobflow-remote"`` with ``execution.project``; otherwise ``backend``.
+
+    The campaign file decides; a command's ``--backend`` option goes through
+    :func:`choose_backend` first (which refuses a ``--backend`` the file contradicts)."""
     options = dict(options or {})
     if getattr(spec.execution, "mode", None) == "jobflow-remote":
         if backend != "jobflow-remote":
             backend = "jobflow-remote"
         options.setdefault("project", spec.execution.project)
     return backend, options
+
+
+#: ``execution.mode`` values a FireWorks backend runs (``local`` is the default mode).
+_FIREWORKS_MODES = ("local", "fireworks")
+
+
+def choose_backend(
+    spec,
+    default: str,
+    *,
+    backend: str | None = None,
+    project: str | None = None,
+    fallback_project: str | None = None,
+    spec_path: Path | str | None = None,
+) -> tuple[str, dict]:
+    """The backend (and its options) a command opens: its ``--backend`` and ``--project``
+    against the campaign file's ``execution`` block — the one rule every campaign verb uses.
+
+    * no ``backend``: the file decides as in :func:`backend_for` (``execution.mode:
+      jobflow-remote`` selects ``"jobflow-remote"``, otherwise ``default``, the command's
+      FireWorks backend);
+    * ``backend`` ``"fireworks-*"``: taken unless the file says ``execution.mode:
+      jobflow-remote``;
+    * ``backend`` ``"jobflow-remote"``: taken unless the file sets ``execution.mode`` to
+      ``local`` or ``fireworks`` (a file without ``execution.mode`` agrees with any backend).
+
+    ``spec`` may be ``None`` (a command run without a campaign file): then ``default`` or
+    ``backend``, and jobflow-remote is refused (it needs the campaign). With
+    ``"jobflow-remote"`` the options hold ``project``: ``project`` (given on the command
+    line), else the file's ``execution.project``, else ``fallback_project`` (e.g. from
+    ``$JFREMOTE_PROJECT``), else ``None`` (the backend's default).
+
+    Raises
+    ------
+    UserInputError
+        The file contradicts ``backend`` (one line naming the file, ``execution.mode`` and its
+        value), an unknown backend name, jobflow-remote without a campaign file, or
+        ``project`` without the jobflow-remote backend.
+    """
+    from ionflow.backends import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        raise UserInputError(
+            f"--backend: unknown backend {backend!r} (known: {', '.join(sorted(BACKENDS))})"
+        )
+    where = f"{spec_path}: " if spec_path is not None else ""
+    execution = getattr(spec, "execution", None)
+    mode = getattr(execution, "mode", None)
+    mode_given = execution is not None and "mode" in execution.model_fields_set
+    if backend is None:
+        name, options = backend_for(spec, default) if spec is not None else (default, {})
+    elif backend == "jobflow-remote":
+        if spec is None:
+            raise UserInputError(
+                "--backend jobflow-remote needs the campaign file (give workflows.yaml)"
+            )
+        if mode_given and mode in _FIREWORKS_MODES:
+            raise UserInputError(
+                f"{where}execution.mode is {mode!r} but --backend jobflow-remote was given "
+                "(set execution.mode: jobflow-remote in the file, or drop --backend)"
+            )
+        name, options = backend, {}
+    else:
+        if mode == "jobflow-remote":
+            raise UserInputError(
+                f"{where}execution.mode is 'jobflow-remote' but --backend {backend} was given "
+                "(drop --backend, or change execution.mode in the file)"
+            )
+        name, options = backend, {}
+    if name == "jobflow-remote":
+        options["project"] = project or execution.project or fallback_project
+    elif project is not None:
+        raise UserInputError(
+            f"--project is for the jobflow-remote backend, not {name} (give --backend "
+            "jobflow-remote, or drop --project)"
+        )
+    return name, options
 
 
 def _echo_recovery_notes(db: ResolvedDatabase, campaign: str, since: str, echo) -> None:

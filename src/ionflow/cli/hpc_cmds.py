@@ -6,6 +6,12 @@ launcher; ``recover`` reruns fireworks whose worker is gone; ``hpc-status`` show
 material's jobs with a lost column and the queue jobs per profile. Each goes through the
 ``"fireworks-slurm"`` backend (:mod:`ionflow.backends.fireworks_slurm`); see
 ``slurm/README.md``.
+
+``submit``, ``recover`` and ``hpc-status`` (and ``run`` / ``status``,
+:mod:`ionflow.cli.run_cmds`) also take ``--backend`` (:data:`BackendOpt`) and ``--project``:
+a campaign file with ``execution: {mode: jobflow-remote}``, or ``--backend jobflow-remote``,
+sends them to the jobflow-remote backend (what ``ionflow remote ...`` does);
+:func:`campaign_backend` applies the rule (:func:`ionflow.backends.base.choose_backend`).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from ionflow.backends import BACKENDS
 from ionflow.cli import app, text_cell
+from ionflow.cli.remote_cmds import ProjectOpt
 from ionflow.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -55,6 +63,68 @@ ExpirationOpt = Annotated[
 ]
 
 
+BackendOpt = Annotated[
+    Literal[tuple(BACKENDS)] | None,  # the registered names
+    typer.Option(
+        "--backend",
+        help="Dispatch backend: " + ", ".join(BACKENDS) + " (default: jobflow-remote when "
+        "the campaign file says execution.mode: jobflow-remote, else this command's FireWorks "
+        "backend; refused when the file's execution.mode disagrees)",
+        show_default=False,
+    ),
+]
+
+#: Per command, the backends it refuses and why (one line each).
+_REFUSED = {
+    "run": {
+        "fireworks-slurm": "`ionflow run` runs the campaign here; for Slurm use `ionflow submit` "
+        "then `ionflow launch --watch` (backend fireworks-slurm)",
+    },
+    "submit": {
+        "fireworks-local": "`ionflow submit` is for fireworks-slurm or jobflow-remote; "
+        "`ionflow run` submits and runs the campaign here (backend fireworks-local)",
+    },
+}
+
+
+def campaign_backend(
+    ctx: typer.Context,
+    command: str,
+    spec,
+    spec_file: Path | None,
+    backend: str | None,
+    project: str | None,
+    default: str,
+) -> tuple[str, dict]:
+    """The backend ``ionflow <command>`` opens, and its options: ``--backend`` / ``--project``
+    against the campaign file (:func:`ionflow.backends.base.choose_backend`).
+
+    A ``--project`` typed on the command line needs the jobflow-remote backend and beats the
+    file's ``execution.project``; one from ``$JFREMOTE_PROJECT`` is only a fallback after it,
+    then ``ionflow`` (:data:`~ionflow.backends.jobflow_remote.DEFAULT_PROJECT`).
+    """
+    from ionflow.backends.base import choose_backend
+    from ionflow.backends.jobflow_remote import DEFAULT_PROJECT
+
+    if backend in _REFUSED.get(command, {}):
+        raise UserInputError(_REFUSED[command][backend])
+    typed = project is not None and _typed(ctx, "project")
+    return choose_backend(
+        spec,
+        default,
+        backend=backend,
+        project=project if typed else None,
+        fallback_project=(None if typed else project) or DEFAULT_PROJECT,
+        spec_path=spec_file,
+    )
+
+
+def _typed(ctx: typer.Context, param: str) -> bool:
+    """Whether ``param`` was given on the command line (not from its environment variable)."""
+    source = ctx.get_parameter_source(param) if ctx is not None else None
+    return getattr(source, "name", "COMMANDLINE") == "COMMANDLINE"
+
+
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
@@ -66,24 +136,19 @@ def _open(
     launchpad: Path | None,
     *,
     need_spec: bool = False,
+    loaded: tuple | None = None,
 ):
-    """(spec or None, spec path or None, resolved database, absolute data dir, settings)."""
+    """(spec or None, spec path or None, resolved database, absolute data dir, settings).
+
+    ``loaded``: ``(spec, spec path)`` from :func:`_load` (not loaded again)."""
     from ionflow.backends.base import database_settings
     from ionflow.backends.fireworks_slurm import launchpad_file_warning, spec_uri_warning
     from ionflow.names import data_dir_path
     from ionflow.store import DatabaseSettings, resolve_database
 
-    if spec_file is None and Path("workflows.yaml").is_file():
-        spec_file = Path("workflows.yaml")
-    if spec_file is None and need_spec:
-        raise UserInputError("no campaign file given and no ./workflows.yaml here")
+    spec, spec_file = loaded if loaded is not None else _load(spec_file, need_spec=need_spec)
     data_dir = data_dir_path(data_dir)
-    spec = None
-    if spec_file is not None:
-        from ionflow.spec import load_campaign
-
-        spec_file = Path(spec_file)
-        spec, _ = load_campaign(spec_file)
+    if spec is not None:
         warning = spec_uri_warning(spec.execution.db_uri, spec_file)
         if warning:
             _warn(warning)
@@ -97,14 +162,36 @@ def _open(
     return spec, spec_file, db, data_dir, settings
 
 
+def _load(spec_file: Path | None, *, need_spec: bool = False):
+    """(spec or None, spec path or None): the campaign file, default ./workflows.yaml."""
+    if spec_file is None and Path("workflows.yaml").is_file():
+        spec_file = Path("workflows.yaml")
+    if spec_file is None and need_spec:
+        raise UserInputError("no campaign file given and no ./workflows.yaml here")
+    if spec_file is None:
+        return None, None
+    from ionflow.spec import load_campaign
+
+    spec_file = Path(spec_file)
+    spec, _ = load_campaign(spec_file)
+    return spec, spec_file
+
+
 @app.command("submit")
 def submit_cmd(
+    ctx: typer.Context,
     spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
     data_dir: DataDirOpt = None,
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
+    backend: BackendOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
-    """Add the campaign to the FireWorks LaunchPad (idempotent); runs nothing."""
+    """Add the campaign to the FireWorks LaunchPad (idempotent); runs nothing.
+
+    Backends: fireworks-slurm (default), jobflow-remote (the campaign file's execution.mode
+    jobflow-remote, or --backend jobflow-remote: what `ionflow remote submit` does).
+    """
     from rich.console import Console
 
     from ionflow.backends.base import run_campaign
@@ -112,6 +199,14 @@ def submit_cmd(
     from ionflow.spec import load_campaign
 
     spec, _ = load_campaign(spec_file)
+    name, options = campaign_backend(
+        ctx, "submit", spec, spec_file, backend, project, "fireworks-slurm"
+    )
+    if backend == "jobflow-remote":
+        from ionflow.cli.remote_cmds import submit_cmd as remote_submit
+
+        remote_submit(spec_file, data_dir, uri, launchpad, options["project"])
+        return
     warning = spec_uri_warning(spec.execution.db_uri, spec_file)
     if warning:
         _warn(warning)
@@ -127,7 +222,8 @@ def submit_cmd(
         submit_only=True,
         progress=False,
         echo=con.print,
-        backend="fireworks-slurm",
+        backend=name,
+        backend_options=options,
     )
     con.print(
         f"campaign {spec.campaign!r} is on the LaunchPad. Next: "
@@ -262,24 +358,42 @@ def launch_cmd(
 
 @app.command("recover")
 def recover_cmd(
+    ctx: typer.Context,
     spec_file: SpecOpt = None,
     expiration_secs: ExpirationOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report only")] = False,
     data_dir: DataDirOpt = None,
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
+    backend: BackendOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
     """Find lost runs (Slurm job gone, or no ping) and make them READY again.
 
-    MD reruns resume from their checkpoint (stable working directories).
+    MD reruns resume from their checkpoint (stable working directories). Backends:
+    fireworks-slurm (default; fireworks-local is the same LaunchPad and does the same),
+    jobflow-remote (the campaign file's execution.mode jobflow-remote, or --backend
+    jobflow-remote: what `ionflow remote recover` does).
     """
     from rich.console import Console
 
     from ionflow.backends import open_backend
 
     con = Console()
-    spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad)
+    loaded = _load(spec_file)
+    name, options = campaign_backend(
+        ctx, "recover", loaded[0], loaded[1], backend, project, "fireworks-slurm"
+    )
+    if name == "jobflow-remote":
+        _no_expiration(expiration_secs)
+        spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad, loaded=loaded)
+        from ionflow.cli.remote_cmds import do_remote_recover
+
+        do_remote_recover(spec, db, data_dir, options["project"], dry_run=dry_run)
+        return
+    spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad, loaded=loaded)
     campaign = spec.campaign if spec is not None else None
+    # both FireWorks backends share the LaunchPad: recovery is the Slurm backend's
     with open_backend("fireworks-slurm", db, data_dir=data_dir) as backend:
         rep = backend.recover(campaign, expiration_secs=expiration_secs, dry_run=dry_run)
     if not rep.slurm_available:
@@ -317,20 +431,39 @@ def recover_cmd(
 
 @app.command("hpc-status")
 def hpc_status_cmd(
+    ctx: typer.Context,
     spec_file: SpecOpt = None,
     expiration_secs: ExpirationOpt = None,
     data_dir: DataDirOpt = None,
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
+    backend: BackendOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
-    """Per material: queued/waiting/running/completed/fizzled/lost jobs; queue jobs per profile."""
+    """Per material: queued/waiting/running/completed/fizzled/lost jobs; queue jobs per profile.
+
+    Backends: fireworks-slurm (default; fireworks-local is the same LaunchPad and shows the
+    same), jobflow-remote (the campaign file's execution.mode jobflow-remote, or --backend
+    jobflow-remote: what `ionflow remote status` shows).
+    """
     from rich.console import Console
     from rich.table import Table
 
     from ionflow.backends import open_backend
 
     con = Console()
-    spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad, need_spec=True)
+    loaded = _load(spec_file, need_spec=True)
+    name, options = campaign_backend(
+        ctx, "hpc-status", loaded[0], loaded[1], backend, project, "fireworks-slurm"
+    )
+    spec, _, db, data_dir, _ = _open(spec_file, data_dir, uri, launchpad, loaded=loaded)
+    if name == "jobflow-remote":
+        _no_expiration(expiration_secs)
+        from ionflow.cli.remote_cmds import print_remote_status
+
+        print_remote_status(spec, db, data_dir, options["project"])
+        return
+    # both FireWorks backends share the LaunchPad: the queue view is the Slurm backend's
     with open_backend("fireworks-slurm", db, data_dir=data_dir) as backend:
         status = backend.status(spec.campaign, expiration_secs=expiration_secs)
     if not status.counts:
@@ -367,4 +500,12 @@ def hpc_status_cmd(
             f"lost: fw {run.fw_id} {run.name}: {run.reason} (`ionflow recover`)",
             soft_wrap=True,
             markup=False,
+        )
+
+
+def _no_expiration(expiration_secs: float | None) -> None:
+    if expiration_secs is not None:
+        raise UserInputError(
+            "--expiration-secs is for the FireWorks backends (jobflow-remote finds lost runs "
+            "from the Slurm queue)"
         )

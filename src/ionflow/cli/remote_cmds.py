@@ -201,15 +201,19 @@ def status_cmd(
     project: ProjectOpt = None,
 ) -> None:
     """Each job of the campaign in ionflow's states; failures and lost runs, one line each."""
+    spec, db, data_dir = _database(spec_file, data_dir, uri, launchpad)
+    print_remote_status(spec, db, data_dir, _project(spec, project))
+
+
+def print_remote_status(spec, db, data_dir, project: str | None) -> None:
+    """``ionflow remote status`` (also ``ionflow status --backend jobflow-remote``): the
+    campaign's jobs on the jobflow-remote ``project`` (``None``: the backend's default)."""
     from rich.console import Console
     from rich.table import Table
 
     from ionflow.backends import open_backend
 
-    spec, db, data_dir = _database(spec_file, data_dir, uri, launchpad)
-    with open_backend(
-        "jobflow-remote", db, data_dir=data_dir, project=_project(spec, project)
-    ) as be:
+    with open_backend("jobflow-remote", db, data_dir=data_dir, project=project) as be:
         st = be.status(spec.campaign)
     con = Console(width=160)
     if not st.jobs:
@@ -240,12 +244,20 @@ def recover_cmd(
     retry_failed: Annotated[bool, typer.Option(help="Also rerun failed jobs")] = False,
 ) -> None:
     """Rerun jobs whose Slurm job ended without a result (scancel, walltime, node failure)."""
+    spec, db, data_dir = _database(spec_file, data_dir, uri, launchpad)
+    do_remote_recover(
+        spec, db, data_dir, _project(spec, project), dry_run=dry_run, retry_failed=retry_failed
+    )
+
+
+def do_remote_recover(
+    spec, db, data_dir, project: str | None, *, dry_run: bool = False, retry_failed: bool = False
+) -> None:
+    """``ionflow remote recover`` (also ``ionflow recover --backend jobflow-remote``): rerun
+    the campaign's lost jobs on the jobflow-remote ``project`` and say what was done."""
     from ionflow.backends import open_backend
 
-    spec, db, data_dir = _database(spec_file, data_dir, uri, launchpad)
-    with open_backend(
-        "jobflow-remote", db, data_dir=data_dir, project=_project(spec, project)
-    ) as be:
+    with open_backend("jobflow-remote", db, data_dir=data_dir, project=project) as be:
         rep = be.recover(spec.campaign, dry_run=dry_run, retry_failed=retry_failed)
     prefix = "dry run: would rerun" if dry_run else "rerun"
     for r in rep.lost:

@@ -1,4 +1,9 @@
-"""``ionflow run`` and ``ionflow status``."""
+"""``ionflow run`` and ``ionflow status``.
+
+Both take ``--backend`` and ``--project`` (:data:`ionflow.cli.hpc_cmds.BackendOpt`,
+:func:`ionflow.cli.hpc_cmds.campaign_backend`): ``--backend jobflow-remote`` is
+``ionflow remote run`` / ``ionflow remote status``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ from typing import Annotated
 import typer
 
 from ionflow.cli import app, text_cell
+from ionflow.cli.hpc_cmds import BackendOpt, campaign_backend
+from ionflow.cli.remote_cmds import ProjectOpt
 
 DataDirOpt = Annotated[
     Path | None, typer.Option(help="Project data directory (embedded database, MD runs)")
@@ -137,19 +144,38 @@ def print_summaries(con, summaries: list[dict]) -> None:
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
     data_dir: DataDirOpt = None,
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live progress")] = False,
+    backend: BackendOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
-    """Submit the campaign (idempotently) and run it here to completion; Ctrl-C is resumable."""
+    """Submit the campaign (idempotently) and run it here to completion; Ctrl-C is resumable.
+
+    Backends: fireworks-local (default: a worker in this process), jobflow-remote (the
+    campaign file's execution.mode jobflow-remote, or --backend jobflow-remote: the runner
+    here submits over SSH; with --backend it is `ionflow remote run`). For Slurm through
+    FireWorks use `ionflow submit` and `ionflow launch --watch`.
+    """
     from rich.console import Console
 
     from ionflow.backends.base import print_failures, run_campaign, server_note
     from ionflow.errors import EXIT_ENVIRONMENT
     from ionflow.results import load_summaries
+    from ionflow.spec import load_campaign
 
+    spec, _ = load_campaign(spec_file)  # (run_campaign loads it again: the same errors)
+    name, options = campaign_backend(
+        ctx, "run", spec, spec_file, backend, project, "fireworks-local"
+    )
+    if backend == "jobflow-remote":
+        from ionflow.cli.remote_cmds import run_cmd as remote_run
+
+        remote_run(spec_file, data_dir, uri, launchpad, options["project"])
+        return
     con = Console()
     if not con.is_terminal:
         con = Console(width=160)
@@ -161,6 +187,8 @@ def run_cmd(
             launchpad=launchpad,
             progress=not quiet,
             echo=con.print,
+            backend=name,
+            backend_options=options,
         )
     except KeyboardInterrupt:
         con.print(
@@ -212,12 +240,20 @@ def _compute_lines(db, spec) -> list[str]:
 
 @app.command("status")
 def status_cmd(
+    ctx: typer.Context,
     spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
     data_dir: DataDirOpt = None,
     uri: UriOpt = None,
     launchpad: LaunchpadOpt = None,
+    backend: BackendOpt = None,
+    project: ProjectOpt = None,
 ) -> None:
-    """Each material's jobs, their states, and what the last submission added or reused."""
+    """Each material's jobs, their states, and what the last submission added or reused.
+
+    Backends: fireworks-local (default) or fireworks-slurm (the same LaunchPad; lost runs as
+    Slurm sees them), jobflow-remote (the campaign file's execution.mode jobflow-remote, or
+    --backend jobflow-remote: with --backend, what `ionflow remote status` shows).
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -229,12 +265,17 @@ def status_cmd(
     from ionflow.store import resolve_database
 
     spec, materials = load_campaign(spec_file)
+    name, options = campaign_backend(
+        ctx, "status", spec, spec_file, backend, project, "fireworks-local"
+    )
     plan_keys = {m.name: set(stage_keys(spec, m).values()) for m in materials}
     data_dir = data_dir_path(data_dir)
     db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
-    from ionflow.backends.base import backend_for
+    if backend == "jobflow-remote":
+        from ionflow.cli.remote_cmds import print_remote_status
 
-    name, options = backend_for(spec, "fireworks-local")  # execution.mode jobflow-remote
+        print_remote_status(spec, db, data_dir, options["project"])
+        return
     with open_backend(name, db, data_dir=data_dir, **options) as backend:
         status = backend.status(spec.campaign)
     last = status.last_submission
