@@ -183,14 +183,23 @@ def test_no_flag_follows_the_campaign_file(fake, capsys, tmp_path, verb, mode, e
     assert opened(fake) == [expected]
 
 
-def test_no_flag_run_and_status_keep_todays_output(fake, capsys, tmp_path):
-    """A jobflow-remote campaign without --backend: `ionflow status` keeps its own table (its
-    lost lines say `fw`), `ionflow run` its own closing lines (no `campaign done:`)."""
+@pytest.mark.parametrize("verb", ["run", "submit", "status", "recover", "hpc-status"])
+def test_file_or_flag_the_same(fake, capsys, tmp_path, verb):
+    """A jobflow-remote campaign shows the same whether its file's execution.mode or
+    --backend selects the backend: `ionflow status` its own table (titled jobflow-remote,
+    ids not called fw), `ionflow run` its summary lines, `ionflow submit` no LaunchPad."""
     spec = write_spec(tmp_path, "jfr")
-    code, out, _ = cli(["status", spec], capsys)
-    assert code == 0 and "last submit" in out and "(jobflow-remote)" not in out, out
-    code, out, _ = cli(["run", spec], capsys)
-    assert code == 0 and "campaign done:" not in out, out
+    code, by_file, err = cli([verb, spec], capsys)
+    assert code == 0, err
+    code, by_flag, err = cli([verb, spec, "--backend", "jobflow-remote"], capsys)
+    assert code == 0, err
+    assert by_file == by_flag
+    assert opened(fake)[0] == opened(fake)[1] == ("jobflow-remote", {"project": "p1"})
+    if verb == "status":
+        assert "last submit" in by_file and "(jobflow-remote)" in by_file, by_file
+        assert "fw_id" not in by_file, by_file
+    if verb == "submit":
+        assert "LaunchPad" not in by_file and "ionflow launch" not in by_file, by_file
 
 
 def test_recover_without_a_campaign_file_is_fireworks(fake, capsys):
@@ -239,13 +248,12 @@ def test_jobflow_remote_backend(fake, capsys, tmp_path, verb, mode, project_args
     code, out, err = cli([verb, spec, "--backend", "jobflow-remote", *project_args], capsys)
     assert code == 0, out + err
     assert opened(fake) == [("jobflow-remote", {"project": project})]
-    if verb == "run":  # = `ionflow remote run`
+    if verb == "run":  # submit + run to completion, through the runner
         assert fake[0][3] is False
-        assert "campaign done: 8 completed, 0 fizzled" in out, out
     elif verb == "submit":  # = `ionflow remote submit`
         assert fake[0][3] is True
         assert "ionflow launch" not in out, out
-    elif verb in ("status", "hpc-status"):  # = `ionflow remote status`
+    elif verb in ("status", "hpc-status"):
         assert "(jobflow-remote)" in out and "md Li3N free 900K" in out, out
         assert fake[-1][0] == "status"
     else:  # = `ionflow remote recover`
@@ -253,7 +261,7 @@ def test_jobflow_remote_backend(fake, capsys, tmp_path, verb, mode, project_args
         assert fake[-1][0] == "recover" and fake[-1][4]["dry_run"] is False
 
 
-@pytest.mark.parametrize("verb", ["run", "submit", "status", "recover", "hpc-status"])
+@pytest.mark.parametrize("verb", ["submit", "recover", "hpc-status"])
 def test_the_same_output_as_ionflow_remote(fake, capsys, tmp_path, verb):
     spec = write_spec(tmp_path, "jfr")
     remote_verb = {"hpc-status": "status"}.get(verb, verb)

@@ -42,10 +42,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib
 from test_slurm import EXAMPLES, slurm, wait_for  # noqa: E402, F401 (the Slurm fixture)
+from test_slurm import write_spec as slurm_write_spec  # noqa: E402
 
 pytestmark = [
     pytest.mark.integration,
@@ -230,7 +232,7 @@ def remote(tmp_path, sshd, remote_venv, database, monkeypatch):
     assert f"wrote {projects / (project + '.yaml')}" in init.stdout, init.stdout
     return {
         "projects": projects, "work": work, "project": project, "tmp": tmp_path,
-        "ssh": sshd["ssh"],
+        "ssh": sshd["ssh"], "sshd": sshd,
     }  # fmt: skip
 
 
@@ -247,33 +249,9 @@ def cli(*args: str, cwd: Path, timeout: float = 600, check: bool = True, env=Non
     return proc
 
 
-def write_spec(
-    directory: Path,
-    campaign: str,
-    *,
-    production_ps: float,
-    extra: str = "",
-    temperatures: tuple = (900, 1300),
-) -> Path:
-    spec = directory / f"{campaign}.yaml"
-    spec.write_text(
-        f"""campaign: {campaign}
-mobile_species: Li
-engine: {{relax: toy, md: toy}}
-md:
-  temperatures_k: [{", ".join(str(t) for t in temperatures)}]
-  time_step_fs: 2.0
-  equilibration_ps: 0.1
-  production_ps: {production_ps}
-  frame_interval_fs: 10
-  supercell_min_length_a: 7.0
-  pinned_control: auto
-materials:
-  - {{name: Li3N, structure: {EXAMPLES / "Li3N.cif"}}}
-relax: {{fmax_ev_a: 0.1, max_steps: 50}}
-{extra}"""
-    )
-    return spec
+def write_spec(directory: Path, campaign: str, **kw) -> Path:
+    """tests/test_slurm.py's toy Li3N campaign, as ``<campaign>.yaml``."""
+    return slurm_write_spec(directory, campaign, filename=f"{campaign}.yaml", **kw)
 
 
 def _client(uri: str):
@@ -440,9 +418,7 @@ def login_environment(ssh: list[str]) -> dict[str, str]:
     in some shells, never passed by sshd) makes OpenBLAS pick other kernels, and the last
     bits of a relaxation already differ (-1.8863312926660714 vs ...718 eV)."""
     proc = subprocess.run([*ssh, "env -0"], capture_output=True, timeout=30, check=True)
-    env = dict(
-        item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item
-    )
+    env = dict(item.split("=", 1) for item in proc.stdout.decode().split("\0") if "=" in item)
     env = {k: v for k, v in env.items() if not k.startswith("SSH_")}
     env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}"
     env["OMP_NUM_THREADS"] = "1"
@@ -516,7 +492,7 @@ def test_scancel_mid_md_recovered(remote, database):
     status = cli("remote", "status", str(spec), cwd=tmp)
     assert "lost: Li3N / job" in status.stdout and "md Li3N free 900K" in status.stdout
     plain = cli("status", str(spec), cwd=tmp)  # `ionflow status` follows execution.mode
-    assert "lost: Li3N / fw" in plain.stdout and "md Li3N free 900K" in plain.stdout, plain.stdout
+    assert "lost: Li3N / job" in plain.stdout and "md Li3N free 900K" in plain.stdout, plain.stdout
     dry = cli("remote", "recover", str(spec), "--dry-run", cwd=tmp)
     assert "dry run: would rerun: Li3N" in dry.stdout, dry.stdout
     assert _jobs(database.uri, "jfr-b")["md Li3N free 900K"]["state"] == "FAILED"
@@ -545,8 +521,33 @@ def test_scancel_mid_md_recovered(remote, database):
     assert "submitted 4 new job(s) (0 new material(s), 1 extended); reused 6 job(s)" in (
         ext.stdout
     ), ext.stdout
-    run = cli("run", str(spec), cwd=tmp, timeout=900)
-    assert "failed" not in run.stdout, run.stdout + run.stderr
+    # run by jobflow-remote's own runner daemon (`jf runner start`), not by ionflow: the
+    # outputs arrive, the trajectories and the new summary wait for `ionflow remote sync`
+    jf = [str(REMOTE_VENV / "bin" / "jf"), "-p", remote["project"], "runner"]
+    jf_env = {**os.environ, "PATH": f"{REMOTE_VENV / 'bin'}:{os.environ['PATH']}"}  # supervisord
+    started = subprocess.run(
+        [*jf, "start", "-s"], timeout=120, capture_output=True, text=True, env=jf_env
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        wait_for(
+            lambda: {d["state"] for d in _jobs(database.uri, "jfr-b").values()} == {"COMPLETED"},
+            600,
+            "jobflow-remote's runner daemon to finish the 4 new jobs",
+        )
+    finally:
+        subprocess.run([*jf, "shutdown"], timeout=300, capture_output=True, env=jf_env)
+    st = cli("remote", "status", str(spec), cwd=tmp)
+    assert "not synced: 4 completed job(s)" in st.stdout, st.stdout
+    assert "not synced: 4 completed job(s)" in cli("status", str(spec), cwd=tmp).stdout
+    with _client(database.uri) as c:
+        summary = c["ionflow"]["summaries"].find_one({"campaign": "jfr-b", "material": "Li3N"})
+        assert [r["temperature_k"] for r in summary["free"]["runs"]] == [900, 1300]
+    sync = cli("remote", "sync", str(spec), cwd=tmp)
+    assert "synced 4 completed job(s)" in sync.stdout and "nothing left" in sync.stdout, sync.stdout
+    assert "into GridFS bucket trajectories" in sync.stdout  # the 1100 K trajectory
+    assert "synced 0 completed job(s)" in cli("remote", "sync", str(spec), cwd=tmp).stdout
+    assert "not synced" not in cli("remote", "status", str(spec), cwd=tmp).stdout
     with _client(database.uri) as c:
         db = c["ionflow"]
         jobs = list(db["jfr_jobs"].find({"job.metadata.ionflow_campaign": "jfr-b"}))
@@ -562,6 +563,86 @@ def test_scancel_mid_md_recovered(remote, database):
         assert temps == [900, 1100, 1300], temps
         assert db["trajectories.files"].count_documents({"metadata.campaign": "jfr-b"}) == 3
     assert "submitted 0 new job(s)" in cli("remote", "submit", str(spec), cwd=tmp).stdout
+
+
+# ----------------------------------------------------------------------------- (e)
+
+
+def test_walltime_kill_resumes_from_the_sigterm_checkpoint(remote, database, slurm, tmp_path):  # noqa: F811
+    """An MD longer than its Slurm walltime (1 min): Slurm's time limit ends the job
+    (JobState=TIMEOUT), the MD writes a checkpoint on the SIGTERM, the job shows as lost,
+    `ionflow recover` reruns it, and it resumes from exactly that step, as often as needed,
+    until the MD completes with every frame once."""
+    profiles = tmp_path / "profiles-walltime"
+    shutil.copytree(PROFILES, profiles)
+    qad = profiles / "md" / "my_qadapter.yaml"
+    text = qad.read_text()
+    assert 'walltime: "00:30:00"' in text
+    qad.write_text(text.replace('walltime: "00:30:00"', 'walltime: "00:01:00"'))
+    project, work = "ionflow-walltime", tmp_path / "cluster-walltime"
+    cli(
+        "remote", "init", "--profile", str(profiles), "--host",
+        f"{getpass.getuser()}@127.0.0.1:{remote['sshd']['port']}", "--key", str(remote["sshd"]["key"]),
+        "--work-dir", str(work), "--python-env", str(REMOTE_VENV), "--project", project,
+        "--poll", "1", cwd=tmp_path,
+    )  # fmt: skip
+    # 500 atoms (5x5x5 Li3N), ~100 s of toy MD here: longer than one walltime
+    spec = tmp_path / "walltime.yaml"
+    spec.write_text(
+        f"""campaign: jfr-w
+mobile_species: Li
+engine: {{relax: toy, md: toy}}
+md:
+  temperatures_k: [900]
+  time_step_fs: 2.0
+  equilibration_ps: 0.2
+  production_ps: 70.0
+  frame_interval_fs: 200
+  supercell_min_length_a: 18.0
+  pinned_control: auto
+materials:
+  - {{name: Li3N, structure: {EXAMPLES / "Li3N.cif"}}}
+relax: {{fmax_ev_a: 0.1, max_steps: 50}}
+execution: {{mode: jobflow-remote, project: {project}}}
+"""
+    )
+    jobcomp = Path(slurm["state"]) / "log" / "jobcomp.txt"
+    resumed_at = []
+    for _attempt in range(5):
+        run = cli("remote", "run", str(spec), cwd=tmp_path, timeout=900, check=False)
+        md = _jobs(database.uri, "jfr-w")["md Li3N free 900K"]
+        if md["state"] == "COMPLETED":
+            break
+        assert md["state"] == "FAILED" and "1 fizzled" in run.stdout, run.stdout + run.stderr
+        slurm_id = str(md["remote"]["process_id"])
+        line = next(ln for ln in jobcomp.read_text().splitlines() if f"JobId={slurm_id} " in ln)
+        assert "JobState=TIMEOUT" in line, line  # the walltime, not a crash
+        err = (Path(md["run_dir"]) / "queue.err").read_text()
+        step = int(err.split("SIGTERM at step ")[1].split()[0])  # the checkpoint on SIGTERM
+        resumed_at.append(step)
+        status = cli("status", str(spec), "--backend", "jobflow-remote", cwd=tmp_path)
+        assert "lost: Li3N / job" in status.stdout and "md Li3N free 900K" in status.stdout
+        hpc = cli("hpc-status", str(spec), cwd=tmp_path)  # follows execution.mode
+        assert "lost: Li3N / job" in hpc.stdout, hpc.stdout
+        rec = cli("recover", str(spec), cwd=tmp_path)  # `ionflow recover` follows it too
+        assert "rerun: Li3N / job" in rec.stdout, rec.stdout
+    else:
+        raise AssertionError(f"MD not completed after 5 walltimes (killed at {resumed_at})")
+    assert resumed_at, "the MD finished within one walltime: make it longer"
+    print(f"walltime kills at steps {resumed_at}")
+    with _client(database.uri) as c:
+        db = c["ionflow"]
+        out = db["outputs"].find_one({"uuid": md["uuid"]})["output"]
+        n_expected = 35000 // 100 + 1
+        assert out["md"]["n_production_frames"] == n_expected
+        assert out["md"]["steps_done"] == 100 + 35000
+        assert out["md"]["resumed_from_step"] == resumed_at[-1]  # not the last 100-step one
+        assert out["trajectory"]["n_frames"] == n_expected and out["trajectory"]["gridfs_id"]
+        assert db["trajectories.files"].count_documents({"metadata.job_uuid": md["uuid"]}) == 1
+    with np.load(out["trajectory"]["local_path"]) as npz:  # the stored trajectory
+        pos = npz["positions"]
+    assert len(pos) == n_expected  # every frame once: no configuration repeated
+    assert np.all(np.abs(np.diff(pos, axis=0)).max(axis=(1, 2)) > 0)
 
 
 # ----------------------------------------------------------------------------- (d)

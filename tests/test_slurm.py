@@ -133,8 +133,10 @@ def write_spec(
     production_ps: float,
     temperatures=(900, 1300),
     extra: str = "",
+    filename: str = "workflows.yaml",
 ) -> Path:
-    spec = directory / "workflows.yaml"
+    """The toy Li3N campaign (two temperatures, pinned control auto) as ``filename``."""
+    spec = directory / filename
     spec.write_text(
         f"""campaign: {campaign}
 mobile_species: Li

@@ -202,6 +202,9 @@ class CampaignStatus:
     queue_available, queue_jobs
         Batch-queue backends: whether the queue could be asked (``None``: no queue), and
         queue profile → queue state → number of unfinished queue jobs.
+    not_synced
+        Backends whose outputs reach the database in two steps (jobflow-remote): completed
+        jobs whose files are not yet in GridFS nor their summaries stored.
     """
 
     campaign: str
@@ -214,6 +217,7 @@ class CampaignStatus:
     last_submission: dict | None = None
     queue_available: bool | None = None
     queue_jobs: dict[str, Counter] = field(default_factory=dict)
+    not_synced: int = 0
 
     def fill_counts(self) -> None:
         """Derive :attr:`states` and :attr:`counts` from :attr:`jobs` and :attr:`lost`."""
@@ -530,7 +534,8 @@ def running_lines(live: list, lost: list) -> list[str]:
     """One line per running job: who holds it and its last heartbeat, or why it is lost."""
     lines = [f"running: {r.material} / {r.describe()}" for r in live]
     lines += [
-        f"lost: {r.material} / fw {r.fw_id} {r.name}: {r.reason} (the next `ionflow run` or "
+        f"lost: {r.material} / {getattr(r, 'id_label', 'fw')} {r.fw_id} {r.name}: {r.reason} "
+        "(the next `ionflow run` or "
         "`ionflow recover` makes it READY again; its MD resumes from the checkpoint)"
         for r in lost
     ]

@@ -121,6 +121,9 @@ _ACTIVE = (
 _KILLED_MARK = "likely killed"
 _SUBMISSION_KEY = "ionflow_submission"
 _INGESTED = "ionflow_ingested"
+_INGESTING = "ionflow_ingesting"
+#: A claim on a job's files (``_INGESTING``) older than this is taken over (its process died).
+_CLAIM_TIMEOUT_S = 3600.0
 _CHUNK = 1 << 20
 #: Queue-adapter keys that are not Slurm resources (FireWorks' or ionflow's own).
 _NOT_RESOURCES = {
@@ -169,27 +172,34 @@ def _call_agent(verb: str, request: dict, *, timeout: float | None = None, echo=
     Lines the agent prints before its answer that start with ``ionflow: `` are passed to
     ``echo`` as they come.
     """
+    import tempfile
+
     cmd = [str(remote_python()), "-m", "ionflow.backends.jobflow_remote", verb]
-    proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
-        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(json.dumps(request))
-        proc.stdin.close()
-        last = ""
-        for line in proc.stdout:
-            if line.startswith("ionflow: ") and echo is not None:
-                echo(line[len("ionflow: ") :].rstrip("\n"))
-            elif line.strip():
-                last = line
-        stderr = proc.stderr.read() if proc.stderr else ""
-        proc.wait(timeout)
-    except KeyboardInterrupt:
-        proc.send_signal(2)
-        with contextlib.suppress(Exception):
-            proc.wait(30)
-        raise
+    # stderr (the runner's warnings, hours of them for a long `run`) into a file: a pipe
+    # read only at the end would fill up and block the agent
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+        )
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(request))
+            proc.stdin.close()
+            last = ""
+            for line in proc.stdout:
+                if line.startswith("ionflow: ") and echo is not None:
+                    echo(line[len("ionflow: ") :].rstrip("\n"))
+                elif line.strip():
+                    last = line
+            proc.wait(timeout)
+        except KeyboardInterrupt:
+            proc.send_signal(2)
+            with contextlib.suppress(Exception):
+                proc.wait(30)
+            raise
+        size = err.seek(0, 2)
+        err.seek(max(0, size - 65536))  # its tail is enough for the one line
+        stderr = err.read().decode("utf-8", "replace")
     try:
         answer = json.loads(last)
     except json.JSONDecodeError:
@@ -289,8 +299,17 @@ class JobflowRemote(BackendBase):
         st.failures = answer["failures"]
         st.lost = [_Lost(**d) for d in answer["lost"]]
         st.last_submission = answer["last_submission"]
+        st.not_synced = int(answer.get("not_synced") or 0)
         st.fill_counts()
         return st
+
+    def sync(self, campaign: str | None, *, echo: Callable[..., Any] | None = print) -> dict:
+        """Copy the files of completed jobs into GridFS and store their summaries, as
+        :meth:`run` does after every round: for jobs run by jobflow-remote's own daemon.
+        Returns ``{"synced": n, "pending": m}`` (``pending``: still not copied, e.g. the
+        cluster unreachable; run again)."""
+        answer = _call_agent("sync", self._req(campaign=campaign), echo=echo)
+        return {"synced": int(answer["synced"]), "pending": int(answer["pending"])}
 
     def recover(
         self,
@@ -315,6 +334,8 @@ class JobflowRemote(BackendBase):
 
 class _Lost:
     """A lost run as the reports show it (``fw_id``: the jobflow-remote db id)."""
+
+    id_label = "job"  # what the reports call ``fw_id``
 
     def __init__(self, fw_id: str, name: str, material: str, reason: str) -> None:
         self.fw_id, self.name, self.material, self.reason = fw_id, name, material, reason
@@ -703,7 +724,13 @@ def _agent_status(req: dict) -> dict:
     last = jc.auxiliary.find_one(
         {_SUBMISSION_KEY: True, "campaign": req["campaign"]}, {"_id": 0}, sort=[("submitted", -1)]
     )
-    return {"jobs": jobs, "failures": failures, "lost": lost, "last_submission": last}
+    return {
+        "jobs": jobs,
+        "failures": failures,
+        "lost": lost,
+        "last_submission": last,
+        "not_synced": jc.jobs.count_documents(_not_ingested(req["campaign"])),
+    }
 
 
 def _agent_recover(req: dict) -> dict:
@@ -788,18 +815,62 @@ def _agent_run(req: dict) -> dict:
     return {"done": counts}
 
 
-def _ingest_completed(proj, jc, runner, campaign, database: str) -> None:
-    """Files of completed jobs into GridFS; summaries into ``summaries`` (once per job)."""
-    for d in jc.jobs.find(
-        {**_campaign_query(campaign), "state": "COMPLETED", _INGESTED: {"$ne": True}}, _PROJ
-    ):
+def _not_ingested(campaign: str | None) -> dict:
+    return {**_campaign_query(campaign), "state": "COMPLETED", _INGESTED: {"$ne": True}}
+
+
+def _ingest_completed(proj, jc, runner, campaign, database: str) -> int:
+    """Files of completed jobs into GridFS; summaries into ``summaries`` (once per job).
+
+    Each job is claimed first (``ionflow_ingesting``, atomically; a claim older than
+    :data:`_CLAIM_TIMEOUT_S` is taken over), so that a ``remote run`` and a ``remote sync``
+    at the same time never stream the same file twice. Returns how many jobs were done.
+    """
+    done = 0
+    for d in jc.jobs.find(_not_ingested(campaign), _PROJ):
+        now = time.time()
+        claimed = jc.jobs.find_one_and_update(
+            {
+                "_id": d["_id"],
+                _INGESTED: {"$ne": True},
+                "$or": [
+                    {_INGESTING: {"$exists": False}},
+                    {_INGESTING: {"$lt": now - _CLAIM_TIMEOUT_S}},
+                ],
+            },
+            {"$set": {_INGESTING: now}},
+        )
+        if claimed is None:
+            continue  # another process has it
         try:
             _ingest_job(proj, runner, d, database)
-        except Exception as exc:  # noqa: BLE001 (tried again at the next round)
+        except BaseException as exc:  # noqa: BLE001 (tried again at the next round)
+            jc.jobs.update_one({"_id": d["_id"]}, {"$unset": {_INGESTING: ""}})
+            if not isinstance(exc, Exception):
+                raise  # Ctrl-C: the claim released, the next run takes the job
             line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
             _say(f"{d['job']['name']}: its files could not be stored yet ({line}); retrying")
             continue
-        jc.jobs.update_one({"_id": d["_id"]}, {"$set": {_INGESTED: True}})
+        jc.jobs.update_one(
+            {"_id": d["_id"]}, {"$set": {_INGESTED: True}, "$unset": {_INGESTING: ""}}
+        )
+        done += 1
+    return done
+
+
+def _agent_sync(req: dict) -> dict:
+    """What :func:`_agent_run` does after each round, once, without running the runner:
+    for campaigns run by jobflow-remote's own daemon (``jf runner start``)."""
+    from jobflow_remote.jobs.runner import Runner
+
+    proj, jc = _controller(req["project"])
+    runner = Runner(project_name=req["project"], log_level=None)
+    try:
+        done = _ingest_completed(proj, jc, runner, req["campaign"], req["database"])
+    finally:
+        with contextlib.suppress(Exception):
+            runner.cleanup()
+    return {"synced": done, "pending": jc.jobs.count_documents(_not_ingested(req["campaign"]))}
 
 
 def _file_refs(obj, path=()):
@@ -923,6 +994,7 @@ _VERBS = {
     "status": _agent_status,
     "recover": _agent_recover,
     "run": _agent_run,
+    "sync": _agent_sync,
 }
 
 

@@ -202,7 +202,7 @@ def submit_cmd(
     name, options = campaign_backend(
         ctx, "submit", spec, spec_file, backend, project, "fireworks-slurm"
     )
-    if backend == "jobflow-remote":
+    if name == "jobflow-remote":  # (by the flag or the file) not the LaunchPad's message
         from ionflow.cli.remote_cmds import submit_cmd as remote_submit
 
         remote_submit(spec_file, data_dir, uri, launchpad, options["project"])

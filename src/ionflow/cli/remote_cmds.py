@@ -229,8 +229,12 @@ def print_remote_status(spec, db, data_dir, project: str | None) -> None:
         con.print(f"failed: {f['material']} / {f['name']} (job {f['fw_id']}): {f['line']}",
                   markup=False, soft_wrap=True)  # fmt: skip
     for r in st.lost:
-        con.print(f"lost: {r.material} / {r.describe()} (`ionflow remote recover` reruns it; its "
+        con.print(f"lost: {r.material} / {r.describe()} (`ionflow recover` reruns it; its "
                   "MD resumes from the checkpoint)", markup=False, soft_wrap=True)  # fmt: skip
+    if st.not_synced:
+        con.print(f"not synced: {st.not_synced} completed job(s) have their trajectories and "
+                  "summaries still on the cluster (run by jobflow-remote's own runner): "
+                  "`ionflow remote sync`", markup=False, soft_wrap=True)  # fmt: skip
 
 
 @remote_app.command("recover")
@@ -268,3 +272,32 @@ def do_remote_recover(
         )
     if not rep.lost and not rep.retried:
         print(f"no lost runs ({rep.running_checked} job(s) still in the runner's hands)")
+
+
+@remote_app.command("sync")
+def sync_cmd(
+    spec_file: Annotated[Path, typer.Argument(help="workflows.yaml")],
+    data_dir: DataDirOpt = None,
+    uri: UriOpt = None,
+    launchpad: LaunchpadOpt = None,
+    project: ProjectOpt = None,
+) -> None:
+    """Copy completed jobs' trajectories and densities into GridFS (streamed over SFTP) and
+    store their summaries: what `remote run` does as jobs complete, for jobs that
+    jobflow-remote's own daemon (`jf runner start`) ran. Idempotent."""
+    from ionflow.backends import open_backend
+    from ionflow.errors import EXIT_ENVIRONMENT
+
+    spec, db, data_dir = _database(spec_file, data_dir, uri, launchpad)
+    with open_backend(
+        "jobflow-remote", db, data_dir=data_dir, project=_project(spec, project)
+    ) as be:
+        res = be.sync(spec.campaign)
+    print(f"synced {res['synced']} completed job(s) of campaign {spec.campaign!r}", end="")
+    if res["pending"]:
+        print(
+            f"; {res['pending']} not copied yet (see the lines above, or another ionflow "
+            "process is copying them): run again"
+        )
+        raise typer.Exit(EXIT_ENVIRONMENT)
+    print("; nothing left to copy")

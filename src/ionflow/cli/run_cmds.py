@@ -1,8 +1,8 @@
 """``ionflow run`` and ``ionflow status``.
 
 Both take ``--backend`` and ``--project`` (:data:`ionflow.cli.hpc_cmds.BackendOpt`,
-:func:`ionflow.cli.hpc_cmds.campaign_backend`): ``--backend jobflow-remote`` is
-``ionflow remote run`` / ``ionflow remote status``.
+:func:`ionflow.cli.hpc_cmds.campaign_backend`); a jobflow-remote campaign shows the same
+whether the file's ``execution.mode`` or ``--backend`` selects it.
 """
 
 from __future__ import annotations
@@ -157,8 +157,8 @@ def run_cmd(
 
     Backends: fireworks-local (default: a worker in this process), jobflow-remote (the
     campaign file's execution.mode jobflow-remote, or --backend jobflow-remote: the runner
-    here submits over SSH; with --backend it is `ionflow remote run`). For Slurm through
-    FireWorks use `ionflow submit` and `ionflow launch --watch`.
+    here submits over SSH). For Slurm through FireWorks use `ionflow submit` and
+    `ionflow launch --watch`.
     """
     from rich.console import Console
 
@@ -171,11 +171,6 @@ def run_cmd(
     name, options = campaign_backend(
         ctx, "run", spec, spec_file, backend, project, "fireworks-local"
     )
-    if backend == "jobflow-remote":
-        from ionflow.cli.remote_cmds import run_cmd as remote_run
-
-        remote_run(spec_file, data_dir, uri, launchpad, options["project"])
-        return
     con = Console()
     if not con.is_terminal:
         con = Console(width=160)
@@ -252,7 +247,7 @@ def status_cmd(
 
     Backends: fireworks-local (default) or fireworks-slurm (the same LaunchPad; lost runs as
     Slurm sees them), jobflow-remote (the campaign file's execution.mode jobflow-remote, or
-    --backend jobflow-remote: with --backend, what `ionflow remote status` shows).
+    --backend jobflow-remote).
     """
     from rich.console import Console
     from rich.table import Table
@@ -271,17 +266,14 @@ def status_cmd(
     plan_keys = {m.name: set(stage_keys(spec, m).values()) for m in materials}
     data_dir = data_dir_path(data_dir)
     db = resolve_database(database_settings(spec, Path(spec_file), data_dir, uri, launchpad))
-    if backend == "jobflow-remote":
-        from ionflow.cli.remote_cmds import print_remote_status
-
-        print_remote_status(spec, db, data_dir, options["project"])
-        return
     with open_backend(name, db, data_dir=data_dir, **options) as backend:
         status = backend.status(spec.campaign)
     last = status.last_submission
     stamp = last.get("submitted") if last else None
-    tab = Table(title=f"campaign {spec.campaign}")
-    for col in ("material", "job", "state", "fw_id", "last submit"):
+    where = " (jobflow-remote)" if name == "jobflow-remote" else ""
+    tab = Table(title=f"campaign {spec.campaign}{where}")
+    for col in ("material", "job", "state", "fw_id" if name.startswith("fireworks") else "id",
+                "last submit"):  # fmt: skip
         tab.add_column(col)
     n = n_old = 0
     for job in status.jobs:
@@ -337,3 +329,10 @@ def status_cmd(
     print_failures(con, status.failures)  # the real reason, one line each
     for line in running_lines(status.live, status.lost):
         con.print(line, markup=False, soft_wrap=True, highlight=False)
+    if status.not_synced:  # jobflow-remote: jobs its own runner daemon completed
+        con.print(
+            f"not synced: {status.not_synced} completed job(s) have their trajectories and "
+            "summaries still on the cluster: `ionflow remote sync`",
+            markup=False,
+            soft_wrap=True,
+        )
