@@ -204,7 +204,7 @@ class MLMDMaker(Maker):
         from ionflow.adaptive import ComputeLog
         from ionflow.md import run_md
         from ionflow.outputs import MDOutput
-        from ionflow.potentials import get_calculator
+        from ionflow.potentials import get_calculator, numerical_environment
         from ionflow.trajectories import put_npz, traj_to_npz
 
         progress_file = workdir / "progress.json"
@@ -277,4 +277,5 @@ class MLMDMaker(Maker):
             md=result.model_dump(mode="json"),
             production_ps=(result.n_production_frames - 1) * frame_fs / 1000.0,
             compute={**compute.totals(), "atom_steps": len(atoms) * result.steps_done},
+            numerics=numerical_environment(),  # CPU, BLAS kernel/threads: what sets last bits
         ).to_output()

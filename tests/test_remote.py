@@ -399,6 +399,7 @@ def test_campaign_end_to_end_db_down_while_md_runs(remote, database):
         with fdb.client() as c:
             fw_summary = c[fdb.database]["summaries"].find_one({"campaign": "jfr-a"})
             fw_relax = c[fdb.database]["outputs"].find_one({"name": "relax Li3N"})["output"]
+            fw_md = c[fdb.database]["outputs"].find_one({"name": "md Li3N free 900K"})["output"]
     finally:
         from ionflow.store import LocalServer
 
@@ -407,6 +408,12 @@ def test_campaign_end_to_end_db_down_while_md_runs(remote, database):
             server.stop()
     with _client(database.uri) as c:
         jfr_relax = c["ionflow"]["outputs"].find_one({"name": "relax Li3N"})["output"]
+        jfr_md = c["ionflow"]["outputs"].find_one({"name": "md Li3N free 900K"})["output"]
+    # both MD outputs say they ran in the same numerical environment (same CPU, the same
+    # BLAS kernel and threads, the same steering variables: OMP_NUM_THREADS=1 only)
+    for key in ("cpu", "env", "blas", "numpy"):
+        assert jfr_md["numerics"][key] == fw_md["numerics"][key], key
+    assert jfr_md["numerics"]["env"] == {"OMP_NUM_THREADS": "1"}, jfr_md["numerics"]
     assert jfr_relax["energy_ev"] == fw_relax["energy_ev"]  # to the last bit
     assert_same_summary(res["summary"], fw_summary)
 

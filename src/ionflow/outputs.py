@@ -99,6 +99,13 @@ class MDOutput(_Output):
     trajectory: TrajectoryRef = Field(description="The stored production trajectory")
     fixed_indices: list[int] = Field(default_factory=list, description="Atoms held fixed")
     md: dict[str, Any] = Field(default_factory=dict, description="Engine run statistics")
+    numerics: dict[str, Any] | None = Field(
+        None,
+        description="The numerical environment of the call that finished the run (ML MD): "
+        "CPU, BLAS library/kernel architecture/threads, the variables steering them, numpy/"
+        "torch versions and threads (ionflow.potentials.numerical_environment). Two runs of "
+        "the same job give the same bits only where these agree.",
+    )
 
     @property
     def frame_interval_fs(self) -> float:

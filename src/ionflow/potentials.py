@@ -616,3 +616,67 @@ _FACTORIES = {
     "fairchem": _fairchem_calculator,
 }
 assert set(_FACTORIES) | {"toy"} == set(ML_ENGINES), "every ML engine needs a factory"
+
+
+# --------------------------------------------------------------------------- numerics
+
+
+#: Environment variables that steer the BLAS/OpenMP libraries (kernels, threads).
+_NUMERICS_ENV = ("OPENBLAS_", "GOTO", "MKL_", "OMP_", "KMP_", "BLIS_", "NPY_", "ATLAS_")
+
+
+def numerical_environment() -> dict[str, Any]:
+    """What decides the last bits of a run besides its inputs and code: the CPU, the
+    BLAS/OpenMP libraries loaded (kernel architecture, version, threads, through
+    ``threadpoolctl``), the environment variables that steer them, numpy's (and torch's,
+    when loaded) version and threads.
+
+    MD is chaotic: two runs of the same job agree bit for bit only where these agree (e.g.
+    ``OPENBLAS_CORETYPE=Haswell`` in one shell and OpenBLAS's own choice, ``SkylakeX``, on
+    the same AVX-512 CPU already change the last bit of a relaxed energy). Every ML MD
+    output records it (``numerics``) so that two runs can be compared.
+    """
+    import platform
+    import sys
+
+    out: dict[str, Any] = {"cpu": _cpu_model(), "machine": platform.machine()}
+    out["env"] = {k: v for k, v in sorted(os.environ.items()) if k.startswith(_NUMERICS_ENV)}
+    out["numpy"] = np.__version__
+    libraries = None
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_info
+
+        libraries = sorted(
+            (
+                {
+                    "api": i.get("internal_api"),
+                    "version": i.get("version"),
+                    "architecture": i.get("architecture"),
+                    "threads": i.get("num_threads"),
+                    "file": Path(str(i.get("filepath", ""))).name,
+                    "numpy": "numpy" in str(i.get("filepath", "")),
+                }
+                for i in threadpool_info()
+            ),
+            key=lambda d: d["file"],
+        )
+    out["libraries"] = libraries
+    out["blas"] = next(
+        ({k: v for k, v in d.items() if k not in ("file", "numpy")} for d in libraries or []
+         if d["numpy"]),
+        None,
+    )  # fmt: skip
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch"] = {"version": str(torch.__version__), "threads": int(torch.get_num_threads())}
+    return out
+
+
+def _cpu_model() -> str:
+    import platform
+
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
