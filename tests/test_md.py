@@ -359,21 +359,26 @@ _WORKER = textwrap.dedent(
 )
 
 
+def _start_worker(tmp_path: Path, atoms: Atoms, s: MDSettings, workdir: Path) -> subprocess.Popen:
+    """The MD of ``atoms`` with ``s`` into ``workdir`` in a subprocess (:data:`_WORKER`)."""
+    start = tmp_path / "start.traj"
+    write(start, atoms)
+    script = tmp_path / "worker.py"
+    script.write_text(_WORKER)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(start), s.model_dump_json(), str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
 def _kill_mid_production(tmp_path: Path, atoms: Atoms, s: MDSettings) -> tuple[Path, int]:
     """Run the MD in a subprocess and SIGKILL it mid-production.
 
     Returns the workdir and the number of production frames on disk at the kill.
     """
     workdir = tmp_path / "killed"
-    start = tmp_path / "start.traj"
-    write(start, atoms)
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(start), s.model_dump_json(), str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_worker(tmp_path, atoms, s, workdir)
     ckpt_path = workdir / CHECKPOINT_NAME
     deadline = time.monotonic() + 120
     try:
@@ -465,15 +470,7 @@ def test_sigterm_checkpoints_where_it_is_then_dies_of_the_signal(tmp_path, therm
     )
     atoms = licl()
     workdir = tmp_path / "term"
-    start = tmp_path / "start.traj"
-    write(start, atoms)
-    script = tmp_path / "worker.py"
-    script.write_text(_WORKER)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(start), s.model_dump_json(), str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_worker(tmp_path, atoms, s, workdir)
     deadline = time.monotonic() + 120
     try:
         while True:
