@@ -56,6 +56,8 @@ class FakeDB:
 
 
 class FakeBackend:
+    not_synced = 0  # completed jobs whose files are still on the cluster (jobflow-remote)
+
     def __init__(self, calls: list, name: str, options: dict):
         self.calls, self.name, self.options = calls, name, options
 
@@ -72,6 +74,7 @@ class FakeBackend:
         self.calls.append(("status", self.name, self.options, campaign, options))
         st = CampaignStatus(campaign)
         st.jobs = [JobRecord(id=7, name="md Li3N free 900K", state="COMPLETED", material="Li3N")]
+        st.not_synced = self.not_synced
         st.fill_counts()
         return st
 
@@ -200,6 +203,17 @@ def test_file_or_flag_the_same(fake, capsys, tmp_path, verb):
         assert "fw_id" not in by_file, by_file
     if verb == "submit":
         assert "LaunchPad" not in by_file and "ionflow launch" not in by_file, by_file
+
+
+@pytest.mark.parametrize("argv", [["status"], ["remote", "status"], ["hpc-status"]])
+def test_status_says_what_is_not_synced(fake, capsys, tmp_path, monkeypatch, argv):
+    spec = write_spec(tmp_path, "jfr")
+    code, out, err = cli([*argv, spec], capsys)
+    assert code == 0 and "not synced" not in out, out + err
+    monkeypatch.setattr(FakeBackend, "not_synced", 3)
+    code, out, err = cli([*argv, spec], capsys)
+    assert code == 0, err
+    assert "not synced: 3 completed job(s)" in out and "`ionflow remote sync`" in out, out
 
 
 def test_recover_without_a_campaign_file_is_fireworks(fake, capsys):

@@ -542,6 +542,14 @@ def running_lines(live: list, lost: list) -> list[str]:
     return lines
 
 
+def not_synced_line(n: int) -> str:
+    """The status line of jobflow-remote jobs whose files are still on the cluster."""
+    return (
+        f"not synced: {n} completed job(s) have their trajectories and summaries still on the "
+        "cluster (run by jobflow-remote's own runner): `ionflow remote sync`"
+    )
+
+
 def print_failures(con, failures: list[dict], limit: int = 50) -> None:
     """One line per failed job: material, job, fw id and the last line of its exception."""
     from rich.text import Text

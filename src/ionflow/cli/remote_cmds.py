@@ -232,9 +232,9 @@ def print_remote_status(spec, db, data_dir, project: str | None) -> None:
         con.print(f"lost: {r.material} / {r.describe()} (`ionflow recover` reruns it; its "
                   "MD resumes from the checkpoint)", markup=False, soft_wrap=True)  # fmt: skip
     if st.not_synced:
-        con.print(f"not synced: {st.not_synced} completed job(s) have their trajectories and "
-                  "summaries still on the cluster (run by jobflow-remote's own runner): "
-                  "`ionflow remote sync`", markup=False, soft_wrap=True)  # fmt: skip
+        from ionflow.backends.base import not_synced_line
+
+        con.print(not_synced_line(st.not_synced), markup=False, soft_wrap=True)
 
 
 @remote_app.command("recover")

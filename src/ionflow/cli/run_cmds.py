@@ -253,7 +253,12 @@ def status_cmd(
     from rich.table import Table
 
     from ionflow.backends import open_backend
-    from ionflow.backends.base import database_settings, print_failures, running_lines
+    from ionflow.backends.base import (
+        database_settings,
+        not_synced_line,
+        print_failures,
+        running_lines,
+    )
     from ionflow.campaign import stage_keys
     from ionflow.names import data_dir_path
     from ionflow.spec import load_campaign
@@ -330,9 +335,4 @@ def status_cmd(
     for line in running_lines(status.live, status.lost):
         con.print(line, markup=False, soft_wrap=True, highlight=False)
     if status.not_synced:  # jobflow-remote: jobs its own runner daemon completed
-        con.print(
-            f"not synced: {status.not_synced} completed job(s) have their trajectories and "
-            "summaries still on the cluster: `ionflow remote sync`",
-            markup=False,
-            soft_wrap=True,
-        )
+        con.print(not_synced_line(status.not_synced), markup=False, soft_wrap=True)
