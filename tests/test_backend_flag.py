@@ -8,6 +8,7 @@ Fast: no database, no Slurm, no jobflow-remote agent — ``open_backend``, ``run
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,8 @@ import pytest
 from ionflow.backends.base import CampaignStatus, JobRecord, RecoveryReport, RunReport
 from ionflow.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # --import-mode=importlib
+from test_slurm import write_spec as slurm_write_spec  # noqa: E402
 
 MODES = {
     "none": "",
@@ -28,25 +30,9 @@ MODES = {
 
 def write_spec(directory: Path, mode: str = "none") -> Path:
     """The toy Li3N campaign of tests/test_slurm.py, with an ``execution`` block."""
-    spec = directory / f"{mode}.yaml"
-    spec.write_text(
-        f"""campaign: flag-{mode}
-mobile_species: Li
-engine: {{relax: toy, md: toy}}
-md:
-  temperatures_k: [900, 1300]
-  time_step_fs: 2.0
-  equilibration_ps: 0.1
-  production_ps: 1.0
-  frame_interval_fs: 10
-  supercell_min_length_a: 7.0
-  pinned_control: auto
-materials:
-  - {{name: Li3N, structure: {EXAMPLES / "Li3N.cif"}}}
-relax: {{fmax_ev_a: 0.1, max_steps: 50}}
-{MODES[mode]}"""
+    return slurm_write_spec(
+        directory, f"flag-{mode}", production_ps=1.0, extra=MODES[mode], filename=f"{mode}.yaml"
     )
-    return spec
 
 
 class FakeDB:
